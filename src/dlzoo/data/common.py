@@ -1,0 +1,41 @@
+"""Helpers shared by the dataset modules: reading prepared stage outputs with clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dlzoo.errors import DataError
+
+
+def require_prepared(data_dir: str | Path, *names: str) -> Path:
+    """Return `data_dir` after checking its prepare stage has written `names` there."""
+    data_dir = Path(data_dir)
+    missing = [n for n in names if not (data_dir / n).exists()]
+    if missing:
+        raise DataError(
+            f"prepared data missing in {data_dir}/ ({', '.join(missing)}): "
+            f"run `dvc repro` (or the matching `prepare@...` stage) first"
+        )
+    return data_dir
+
+
+def require_raw(path: str | Path) -> Path:
+    """Return `path` of DVC-tracked raw data, or tell the user to `dvc pull` it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"raw data {path} is missing: run `dvc pull` (or `make data`) to restore data/")
+    return path
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write `obj` as pretty JSON, atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text())

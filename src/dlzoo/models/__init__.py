@@ -1,0 +1,1 @@
+"""Model families: one module per family, the nn.Module and its LightningModule side by side."""

@@ -1,0 +1,90 @@
+"""Helpers that keep every MLflow run of the project named, tagged and stored the same way.
+
+- Store: `tracking.uri` (SQLite `mlflow.db` at the repo root by default, `MLFLOW_TRACKING_URI`
+  overrides it so a cluster can point at a tracking server).
+- Experiment = task, run name = family, tags task/family/stage/git_commit/dvc_stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make a relative `sqlite:///path` absolute (relative to the working directory, the repo root
+    under DVC), so that DDP workers and later stages all write to the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def artifact_location(root: str) -> str | None:
+    """Artifact root for new experiments: a local folder beside the store, or the server's default."""
+    return Path(root).resolve().as_uri() if root else None
+
+
+def ensure_experiment(name: str, artifact_root: str | None) -> str:
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location(artifact_root))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(cfg: DictConfig, stage: str, **extra: str) -> dict[str, str]:
+    """The tags every run carries, so runs can be filtered by task, family and pipeline stage."""
+    tags = {
+        "task": cfg.task,
+        "family": cfg.family,
+        "stage": stage,
+        "profile": cfg.profile_name,
+        "git_commit": git_commit(),
+        # DVC exports DVC_STAGE (e.g. 'train@binary-addition-rnn') to every stage command.
+        "dvc_stage": os.environ.get("DVC_STAGE", f"{stage}@{cfg.experiment_name} (outside dvc)"),
+    }
+    tags.update({k: str(v) for k, v in extra.items()})
+    return tags
+
+
+def flat_params(cfg: DictConfig | Mapping, sep: str = ".") -> dict[str, str]:
+    """The resolved config flattened to `a.b.c -> value` (MLflow caps a value at 6000 chars)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(f"{prefix}{sep}{key}" if prefix else str(key), value)
+        else:
+            flat[prefix] = str(node)[:6000]
+
+    walk("", container)
+    return flat
+
+
+@contextlib.contextmanager
+def start_run(cfg: DictConfig, stage: str, run_name: str | None = None, **extra_tags: str) -> Iterator:
+    """Open an MLflow run in the task's experiment. An exception inside marks the run FAILED."""
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking.uri))
+    experiment_id = ensure_experiment(cfg.task, cfg.tracking.artifact_root)
+    tags = run_tags(cfg, stage, **extra_tags)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or cfg.family, tags=tags) as run:
+        yield run

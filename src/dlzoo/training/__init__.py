@@ -1,0 +1,1 @@
+"""Trainer construction from config, callbacks, seeding, and the generic `train` entry."""

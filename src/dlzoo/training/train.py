@@ -1,0 +1,120 @@
+"""The generic training entry: config -> data, model, Trainer -> fit -> checkpoint + MLflow run.
+
+Every family goes through here; what differs between families lives in their config
+(`data`, `model`, `trainer` groups) and in their own modules under dlzoo.data / dlzoo.models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from dlzoo.config import build, require_keys
+from dlzoo.data.common import write_json
+from dlzoo.evaluation.plots import plot_learning_curves
+from dlzoo.tracking import artifact_location, flat_params, resolve_tracking_uri, run_tags
+from dlzoo.training.callbacks import CheckpointStamp, EpochHistory
+from dlzoo.training.trainer import build_trainer, check_trainer_config
+
+log = logging.getLogger(__name__)
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit `cfg.model` on `cfg.data`; return a summary (run id, best checkpoint, best score)."""
+    require_keys(cfg, "task", "family", "data.module", "model")
+    check_trainer_config(cfg.trainer)  # before any run or file is created
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build(cfg.data.module, "data.module")
+    model = build(cfg.model, "model")
+    datamodule.setup("fit")  # fail on missing data before an MLflow run is opened
+
+    model_dir = Path(cfg.paths.model_dir)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    checkpoint = ModelCheckpoint(
+        dirpath=model_dir, filename="best", monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
+        save_top_k=1, save_last=False, enable_version_counter=False,
+    )
+    history = EpochHistory()
+    n_params = count_parameters(model)
+    logger = MLFlowLogger(
+        experiment_name=cfg.task,
+        run_name=cfg.family,
+        tracking_uri=resolve_tracking_uri(cfg.tracking.uri),
+        artifact_location=artifact_location(cfg.tracking.artifact_root),
+        tags=run_tags(cfg, "train", num_params=n_params),
+    )
+    trainer = build_trainer(
+        cfg.trainer,
+        logger=logger,
+        callbacks=[checkpoint, history, CheckpointStamp(cfg.task, cfg.family, cfg.experiment_name)],
+    )
+    logger.log_hyperparams(flat_params(cfg))
+    logger.log_metrics({"num_params": n_params})
+    trainer.fit(model, datamodule=datamodule)
+
+    if not trainer.is_global_zero:  # only rank 0 writes files and talks to MLflow
+        return {}
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    if best is None or not best.exists():
+        raise RuntimeError(f"training finished without a checkpoint in {model_dir}: was '{cfg.checkpoint.monitor}' ever logged?")
+    summary = {
+        "run_id": logger.run_id,
+        "task": cfg.task,
+        "family": cfg.family,
+        "experiment": cfg.experiment_name,
+        "checkpoint": str(best),
+        "best_score": float(checkpoint.best_model_score),
+        "monitor": cfg.checkpoint.monitor,
+        "num_params": n_params,
+        "epochs": trainer.current_epoch,
+    }
+    write_json(model_dir / "train_summary.json", summary)
+    (model_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    _log_train_artifacts(cfg, logger.run_id, model, datamodule, history, best)
+    log.info("trained %s: best %s = %.5f (%s)", cfg.experiment_name, cfg.checkpoint.monitor, summary["best_score"], best)
+    return summary
+
+
+def _log_train_artifacts(cfg, run_id: str, model, datamodule, history: EpochHistory, best: Path) -> None:
+    """Learning curves, resolved config, best checkpoint and the registered model, in the train run."""
+    import mlflow
+    import torch
+
+    plots_dir = Path(cfg.paths.plots_dir)
+    curve_csv = history.save_csv(plots_dir / "learning_curve.csv")
+    curve_png = plot_learning_curves(curve_csv, plots_dir / "learning_curve.png", title=f"{cfg.task} / {cfg.family}")
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking.uri))
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        mlflow.log_artifact(str(curve_csv), "plots")
+        mlflow.log_artifact(str(curve_png), "plots")
+        mlflow.log_artifact(str(best), "checkpoints")
+        if not cfg.tracking.log_model:
+            return
+        # Log the bare nn.Module with the best weights, a signature and an input example.
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(state)
+        net = model.net.eval()
+        example = next(iter(datamodule.val_dataloader()))[0][:4]
+        with torch.no_grad():
+            output = net(example)
+        signature = mlflow.models.infer_signature(example.numpy(), output.numpy())
+        mlflow.pytorch.log_model(
+            net,
+            name="model",
+            signature=signature,
+            input_example=example.numpy(),
+            registered_model_name=f"{cfg.task}-{cfg.family}" if cfg.tracking.register_model else None,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
