@@ -46,8 +46,8 @@ class ForecastModule(L.LightningModule):
         x, y = batch
         pred = self(x)
         loss = F.mse_loss(pred, y)
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val")
-        self.log(f"{split}/mae_std", (pred - y).abs().mean(), on_step=False, on_epoch=True)
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val", sync_dist=True)
+        self.log(f"{split}/mae_std", (pred - y).abs().mean(), on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):

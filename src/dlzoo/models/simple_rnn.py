@@ -47,9 +47,9 @@ class BinaryAdditionModule(L.LightningModule):
         loss = F.binary_cross_entropy_with_logits(logits, y)
         pred = (logits > 0).float()
         on_epoch = split != "train"
-        self.log(f"{split}/loss", loss, prog_bar=True, on_step=not on_epoch, on_epoch=True)
-        self.log(f"{split}/bit_accuracy", (pred == y).float().mean(), on_step=False, on_epoch=True)
-        self.log(f"{split}/accuracy", (pred == y).all(dim=1).float().mean(), on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{split}/loss", loss, prog_bar=True, on_step=not on_epoch, on_epoch=True, sync_dist=on_epoch)
+        self.log(f"{split}/bit_accuracy", (pred == y).float().mean(), on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{split}/accuracy", (pred == y).all(dim=1).float().mean(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):

@@ -6,7 +6,6 @@ Every family goes through here; what differs between families lives in their con
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -78,6 +77,8 @@ def train(cfg: DictConfig) -> dict:
         "monitor": cfg.checkpoint.monitor,
         "num_params": n_params,
         "epochs": trainer.current_epoch,
+        "world_size": trainer.world_size,
+        "strategy": type(trainer.strategy).__name__,
     }
     write_json(model_dir / "train_summary.json", summary)
     (model_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

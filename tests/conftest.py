@@ -1,0 +1,71 @@
+"""Shared fixtures: compose the project's Hydra config in-process, in a scratch working directory
+(so artifacts/, metrics/ and mlflow.db of a test never touch the repository's own)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory with its own MLflow store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def make_cfg():
+    """make_cfg('experiment=binary-addition-rnn', 'profile=smoke') -> composed DictConfig."""
+
+    def _make(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def prepare_data(cfg) -> None:
+    instantiate(cfg.data.prepare, out_dir=cfg.data.dir)
+
+
+def run_entry(script: str, *overrides: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `pipelines/<script>.py` as DVC would, from `cwd`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_STAGE")}
+    return subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / f"{script}.py"), *overrides, "hydra.run.dir=outputs/test"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def mlflow_runs(db: Path) -> list[dict]:
+    """All runs in an MLflow SQLite store with their tags, read via MLflow's own client."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = []
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id]):
+            runs.append({"experiment": exp.name, "name": run.info.run_name, "status": run.info.status,
+                         "tags": run.data.tags, "metrics": run.data.metrics, "params": run.data.params})
+    return runs
+
+
+def sqlite_ok(db: Path) -> bool:
+    with sqlite3.connect(db) as con:
+        return con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
