@@ -61,8 +61,9 @@ def test_binary_addition_logs_gradient_norm_and_registers_model(workdir, make_cf
     assert model(__import__("torch").from_numpy(encode(np.array([1]), np.array([2]), 8)[0])).shape == (1, 9)
 
 
-def test_training_is_reproducible(workdir, make_cfg):
-    cfg = make_cfg("experiment=timeseries-sunspots-gru", "profile=smoke", "tracking.log_model=false")
+@pytest.mark.parametrize("experiment", ["timeseries-sunspots-gru", "digits-cnn"])
+def test_training_is_reproducible(experiment, workdir, make_cfg):
+    cfg = make_cfg(f"experiment={experiment}", "profile=smoke", "tracking.log_model=false")
     prepare_data(cfg)
     first = train(cfg)["best_score"]
     second = train(cfg)["best_score"]

@@ -63,6 +63,9 @@ def test_repro_runs_every_stage_and_writes_metrics(repo_copy):
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=dst).stdout)
     metrics = next(iter(shown.values()))["data"]
     assert 0.0 <= metrics["metrics/binary-addition/rnn.json"]["data"]["test/accuracy"] <= 1.0
+    families = yaml.safe_load((dst / "families.yaml").read_text())["families"]
+    for family in families.values():
+        assert f"metrics/{family['task']}/{family['family']}.json" in metrics
     for task in ("timeseries-sine", "timeseries-sunspots"):
         for family in ("rnn", "lstm", "gru", "naive", "seasonal-naive", "ar"):
             assert metrics[f"metrics/{task}/{family}.json"]["data"]["test/mae"] > 0
@@ -73,7 +76,8 @@ def test_mlflow_runs_tags_and_metrics_match_dvc(repo_copy):
     db = dst / "mlflow.db"
     assert sqlite_ok(db)
     runs = mlflow_runs(db)
-    assert {r["experiment"] for r in runs} == {"binary-addition", "timeseries-sine", "timeseries-sunspots"}
+    families = yaml.safe_load((dst / "families.yaml").read_text())["families"]
+    assert {r["experiment"] for r in runs} == {f["task"] for f in families.values()}
     by_stage = {r["tags"]["dvc_stage"]: r for r in runs if r["tags"]["stage"] == "train"}
     assert set(by_stage) == {s for s in stages(dst / "dvc.yaml") if s.startswith("train@")}
     for run in runs:

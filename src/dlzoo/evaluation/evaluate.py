@@ -1,6 +1,6 @@
 """The generic evaluate entry: checkpoint + config -> task metrics on held-out data -> MLflow + DVC.
 
-The task's own metric code is `cfg.data.evaluate` (e.g. dlzoo.evaluation.forecasting.evaluate);
+The task's own metric code is `cfg.evaluator` (e.g. dlzoo.evaluation.forecasting.evaluate);
 this module loads and checks the checkpoint, runs it, and records the numbers in both places.
 """
 
@@ -44,7 +44,7 @@ def load_checkpoint(path: str | Path, task: str, family: str) -> dict:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    require_keys(cfg, "task", "family", "data.module", "data.evaluate", "model")
+    require_keys(cfg, "task", "family", "data.module", "evaluator", "model")
     model_dir = Path(cfg.paths.model_dir)
     ckpt_path = cfg.get("checkpoint_path") or model_dir / "best.ckpt"
     checkpoint = load_checkpoint(ckpt_path, cfg.task, cfg.family)
@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise CheckpointError(
             f"{ckpt_path} does not fit the configured model (was the model config changed after training?): {str(exc)[:300]}"
         ) from None
-    evaluator = build(cfg.data.evaluate, "data.evaluate")
+    evaluator = build(cfg.evaluator, "evaluator")
     reports_dir = Path(cfg.paths.reports_dir)
     metrics, files = evaluator(model, datamodule, reports_dir)
     metrics["num_params"] = count_parameters(model)

@@ -110,12 +110,14 @@ def _log_train_artifacts(cfg, run_id: str, model, datamodule, history: EpochHist
         example = next(iter(datamodule.val_dataloader()))[0][:4]
         with torch.no_grad():
             output = net(example)
-        signature = mlflow.models.infer_signature(example.numpy(), output.numpy())
+        # Tensor-in/tensor-out models get a signature; structured outputs (detections) are logged without.
+        tensor_io = isinstance(example, torch.Tensor) and isinstance(output, torch.Tensor)
+        signature = mlflow.models.infer_signature(example.numpy(), output.numpy()) if tensor_io else None
         mlflow.pytorch.log_model(
             net,
             name="model",
             signature=signature,
-            input_example=example.numpy(),
+            input_example=example.numpy() if tensor_io else None,
             registered_model_name=f"{cfg.task}-{cfg.family}" if cfg.tracking.register_model else None,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
