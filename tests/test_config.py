@@ -1,6 +1,5 @@
 """The Hydra config tree: every recipe composes, and the comparisons it promises are fair."""
 
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf

@@ -65,7 +65,7 @@ def test_binary_addition_logs_gradient_norm_and_registers_model(workdir, make_cf
     import mlflow
     import numpy as np
 
-    from dlzoo.data.binary_addition import encode, from_bits
+    from dlzoo.data.binary_addition import encode
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(f"models:/binary-addition-rnn/{versions[0].version}")

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from dlzoo.data.common import read_json, require_prepared, write_json
+from dlzoo.data.common import SplitDataModule, read_json, require_prepared, write_json
 from dlzoo.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -77,11 +76,10 @@ def prepare(
     return summary
 
 
-class BinaryAdditionDataModule(L.LightningDataModule):
+class BinaryAdditionDataModule(SplitDataModule):
     def __init__(self, data_dir: str, batch_size: int = 64, num_workers: int = 0):
-        super().__init__()
-        self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
-        self.datasets: dict[str, TensorDataset] = {}
+        super().__init__(batch_size, num_workers)
+        self.data_dir = data_dir
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -92,15 +90,3 @@ class BinaryAdditionDataModule(L.LightningDataModule):
             for split in SPLITS:
                 x, y = encode(pairs[f"{split}_a"], pairs[f"{split}_b"], self.num_bits)
                 self.datasets[split] = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

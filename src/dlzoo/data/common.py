@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
+from torch.utils.data import DataLoader
+
 from dlzoo.errors import DataError
 
 
@@ -39,3 +42,28 @@ def write_json(path: str | Path, obj) -> None:
 
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
+
+
+class SplitDataModule(L.LightningDataModule):
+    """A DataModule whose `setup` fills `self.datasets[split]` for train/val/test; the loaders
+    (shuffled for train only) come from here. `collate_fn` may be set by subclasses."""
+
+    collate_fn = None
+
+    def __init__(self, batch_size: int, num_workers: int = 0):
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.datasets: dict = {}
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, collate_fn=self.collate_fn)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

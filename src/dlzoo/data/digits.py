@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from dlzoo.data.common import require_prepared, write_json
+from dlzoo.data.common import SplitDataModule, require_prepared, write_json
 from dlzoo.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -55,11 +54,10 @@ def random_shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
     ]
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     def __init__(self, data_dir: str, batch_size: int = 64, max_shift: int = 1, num_workers: int = 0):
-        super().__init__()
-        self.data_dir, self.batch_size, self.max_shift, self.num_workers = data_dir, batch_size, max_shift, num_workers
-        self.datasets: dict[str, TensorDataset] = {}
+        super().__init__(batch_size, num_workers)
+        self.data_dir, self.max_shift = data_dir, max_shift
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -75,15 +73,3 @@ class DigitsDataModule(L.LightningDataModule):
             x, y = batch
             return random_shift(x, self.max_shift), y
         return batch
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from dlzoo.data.common import require_prepared, write_json
+from dlzoo.data.common import SplitDataModule, require_prepared, write_json
 from dlzoo.errors import ConfigError, DataError
 
 
@@ -72,17 +71,15 @@ def make_windows(values: np.ndarray, window: int, targets: range) -> tuple[np.nd
     return x[..., None], y
 
 
-class ForecastDataModule(L.LightningDataModule):
+class ForecastDataModule(SplitDataModule):
     def __init__(
         self, data_dir: str, window: int = 20, val_fraction: float = 0.15, batch_size: int = 32,
         season_length: int | None = None, num_workers: int = 0,
     ):
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if window < 1:
             raise ConfigError(f"data.module.window must be >= 1, got {window}")
-        self.data_dir, self.window, self.val_fraction = data_dir, window, val_fraction
-        self.batch_size, self.season_length, self.num_workers = batch_size, season_length, num_workers
-        self.datasets: dict[str, TensorDataset] = {}
+        self.data_dir, self.window, self.val_fraction, self.season_length = data_dir, window, val_fraction, season_length
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -108,15 +105,3 @@ class ForecastDataModule(L.LightningDataModule):
 
     def inverse_transform(self, z: np.ndarray) -> np.ndarray:
         return np.asarray(z) * self.std + self.mean
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -7,12 +7,12 @@ size a GRU has 3/4 of an LSTM's recurrent weights and a plain RNN 1/4.
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dlzoo.errors import ConfigError
+from dlzoo.models.base import FamilyModule
 from dlzoo.models.init import init_recurrent
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -34,33 +34,11 @@ class RecurrentForecaster(nn.Module):
         return self.head(hidden[:, -1]).squeeze(-1)
 
 
-class ForecastModule(L.LightningModule):
-    def __init__(self, net: nn.Module, optimizer, scheduler=None):
-        super().__init__()
-        self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
-
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
-        return self.net(window)
-
-    def _step(self, batch, split: str) -> torch.Tensor:
+class ForecastModule(FamilyModule):
+    def step(self, batch, split: str) -> torch.Tensor:
         x, y = batch
         pred = self(x)
         loss = F.mse_loss(pred, y)
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val", sync_dist=True)
         self.log(f"{split}/mae_std", (pred - y).abs().mean(), on_step=False, on_epoch=True, sync_dist=True)
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

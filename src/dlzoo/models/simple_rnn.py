@@ -8,13 +8,13 @@ logged every step so exploding or vanishing gradients show up in MLflow.
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import grad_norm
 from torch import nn
 
 from dlzoo.errors import ConfigError
+from dlzoo.models.base import FamilyModule
 from dlzoo.models.init import init_recurrent
 
 
@@ -33,15 +33,8 @@ class BinaryAdderRNN(nn.Module):
         return self.head(hidden).squeeze(-1)
 
 
-class BinaryAdditionModule(L.LightningModule):
-    def __init__(self, net: nn.Module, optimizer):
-        super().__init__()
-        self.net, self.optimizer_factory = net, optimizer
-
-    def forward(self, bits: torch.Tensor) -> torch.Tensor:
-        return self.net(bits)
-
-    def _step(self, batch, split: str) -> torch.Tensor:
+class BinaryAdditionModule(FamilyModule):
+    def step(self, batch, split: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = F.binary_cross_entropy_with_logits(logits, y)
@@ -52,19 +45,7 @@ class BinaryAdditionModule(L.LightningModule):
         self.log(f"{split}/accuracy", (pred == y).all(dim=1).float().mean(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
     def on_before_optimizer_step(self, optimizer) -> None:
         # Norm before clipping: the curve that shows whether gradients explode or vanish.
         norms = grad_norm(self.net, norm_type=2)
         self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
-
-    def configure_optimizers(self):
-        return self.optimizer_factory(self.parameters())

@@ -9,10 +9,11 @@ image; beta = 1 is the true ELBO, beta != 1 the beta-VAE trade-off.
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dlzoo.models.base import FamilyModule
 
 
 class VAE(nn.Module):
@@ -54,15 +55,12 @@ class VAE(nn.Module):
         return recon, kl
 
 
-class VAEModule(L.LightningModule):
-    def __init__(self, net: VAE, optimizer, beta: float = 1.0):
-        super().__init__()
-        self.net, self.optimizer_factory, self.beta = net, optimizer, beta
+class VAEModule(FamilyModule):
+    def __init__(self, net: VAE, optimizer, scheduler=None, beta: float = 1.0):
+        super().__init__(net, optimizer, scheduler)
+        self.beta = beta
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def _step(self, batch, split: str) -> torch.Tensor:
+    def step(self, batch, split: str) -> torch.Tensor:
         x, _ = batch
         recon, kl = self.net.elbo_terms(x)
         loss = (recon + self.beta * kl).mean()
@@ -71,15 +69,3 @@ class VAEModule(L.LightningModule):
         self.log(f"{split}/recon", recon.mean(), on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{split}/kl", kl.mean(), on_step=False, on_epoch=True, sync_dist=True)
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
-    def configure_optimizers(self):
-        return self.optimizer_factory(self.parameters())
