@@ -113,11 +113,17 @@ def _log_train_artifacts(cfg, run_id: str, model, datamodule, history: EpochHist
         # Tensor-in/tensor-out models get a signature; structured outputs (detections) are logged without.
         tensor_io = isinstance(example, torch.Tensor) and isinstance(output, torch.Tensor)
         signature = mlflow.models.infer_signature(example.numpy(), output.numpy()) if tensor_io else None
-        mlflow.pytorch.log_model(
-            net,
-            name="model",
-            signature=signature,
-            input_example=example.numpy() if tensor_io else None,
-            registered_model_name=f"{cfg.task}-{cfg.family}" if cfg.tracking.register_model else None,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+        register_as = f"{cfg.task}-{cfg.family}" if cfg.tracking.register_model else None
+        requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+        # "pt2" (torch.export: a graph, no pickled code) needs a tensor example to trace; nets with
+        # structured outputs (detectors) and any net torch.export cannot trace are pickled instead.
+        if tensor_io:
+            try:
+                mlflow.pytorch.log_model(net, name="model", signature=signature, input_example=example.numpy(),
+                                         serialization_format="pt2", registered_model_name=register_as,
+                                         pip_requirements=requirements)
+                return
+            except Exception as exc:  # torch.export raises many types; the pickle below still logs the model
+                log.warning("torch.export could not save %s (%s); logging it pickled", cfg.family, str(exc)[:200])
+        mlflow.pytorch.log_model(net, name="model", signature=signature, serialization_format="pickle",
+                                 registered_model_name=register_as, pip_requirements=requirements)

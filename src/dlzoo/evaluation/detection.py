@@ -1,0 +1,80 @@
+"""Object-detection metrics on the held-out split: COCO mAP@[.5:.95], mAP@.5, mAP@.75 and AP per
+class (pycocotools, through torchmetrics), and a grid of test images with predicted vs true boxes.
+
+The test split is whatever `data.module` says: the prepared shapes, or any COCO annotation file
+and image folder (`data.module.test_json=... data.module.test_images=...`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_convert, box_iou
+
+from dlzoo.evaluation.plots import _save, plt
+
+
+def coco_box_iou(a_xywh: torch.Tensor, b_xywh: torch.Tensor) -> torch.Tensor:
+    """IoU matrix [N, M] of COCO boxes [x, y, w, h] (top-left corner, width, height; continuous
+    coordinates, no +1 pixel), by converting to [x1, y1, x2, y2] as the models predict them."""
+    return box_iou(box_convert(a_xywh, "xywh", "xyxy"), box_convert(b_xywh, "xywh", "xyxy"))
+
+
+@torch.no_grad()
+def predict(module, loader) -> tuple[list, list, list]:
+    """Images, predictions and targets of a whole split (eval mode, no gradients)."""
+    module.eval()
+    images, preds, targets = [], [], []
+    for x, y in loader:
+        images.extend(x)
+        preds.extend(module(x))
+        targets.extend({"boxes": t["boxes"], "labels": t["labels"]} for t in y)
+    return images, preds, targets
+
+
+def evaluate(module, datamodule, out_dir: str | Path, class_names: list[str] | None = None,
+             score_threshold: float = 0.5, num_plotted: int = 8) -> tuple[dict, list[Path]]:
+    """`score_threshold` only filters the boxes drawn: mAP uses every detection (it sweeps all thresholds)."""
+    datamodule.setup("test")
+    images, preds, targets = predict(module, datamodule.test_dataloader())
+    names = list(class_names) if class_names else datamodule.category_names  # index = label, 0 = background
+    mean_ap = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", class_metrics=True)
+    mean_ap.update(preds, targets)
+    result = mean_ap.compute()
+    metrics = {
+        "test/map": float(result["map"]),
+        "test/map_50": float(result["map_50"]),
+        "test/map_75": float(result["map_75"]),
+        "test/mar_100": float(result["mar_100"]),
+        "test/num_examples": len(images),
+        "test/num_objects": int(sum(len(t["labels"]) for t in targets)),
+    }
+    # every class seen in predictions or ground truth; COCO gives -1 to one without ground truth
+    for label, ap in zip(result["classes"].reshape(-1).tolist(), result["map_per_class"].reshape(-1).tolist()):
+        metrics[f"test/ap/{names[label] if label < len(names) else label}"] = float(ap)
+    out = Path(out_dir) / "detections.png"
+    title = f"test mAP {metrics['test/map']:.3f}, mAP@.5 {metrics['test/map_50']:.3f}"
+    return metrics, [plot_detections(images[:num_plotted], preds, targets, names, out, score_threshold, title)]
+
+
+def plot_detections(images, preds, targets, names, path, score_threshold: float = 0.5, title: str = "") -> Path:
+    """Each image with its true boxes (green, dashed) and predictions above the threshold (red, with score)."""
+    cols = min(4, len(images))
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, pred, target in zip(axes.flat, images, preds, targets):
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+        for x0, y0, x1, y1 in target["boxes"].tolist():
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.5, ls="--"))
+        keep = pred["scores"] >= score_threshold
+        shown = zip(pred["boxes"][keep].tolist(), pred["labels"][keep].tolist(), pred["scores"][keep].tolist())
+        for (x0, y0, x1, y1), label, score in shown:
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
+            ax.text(x0, y0 - 1, f"{names[label] if label < len(names) else label} {score:.2f}", color="white",
+                    fontsize=6, va="bottom", bbox=dict(fc="red", ec="none", pad=0.5, alpha=0.8))
+    fig.suptitle(f"{title}\ngreen dashed: ground truth, red: predicted (score >= {score_threshold})", fontsize=9)
+    return _save(fig, path)

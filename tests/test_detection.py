@@ -1,0 +1,198 @@
+"""Detection (task detection-shapes): IoU conventions, the SSD and YOLO nets' train/eval outputs,
+the evaluator (also on an external COCO folder), and a smoke fit + evaluate of each family."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from pycocotools import mask as mask_utils
+from torchvision.ops import box_convert
+
+from conftest import mlflow_runs, prepare_data
+from dlzoo.evaluation.detection import coco_box_iou
+from dlzoo.evaluation.evaluate import evaluate
+from dlzoo.models.detection import random_flips
+from dlzoo.training.train import train
+
+FAMILIES = ("ssd", "yolo")
+TINY = ("data.prepare.n_train=8", "data.prepare.n_val=4", "data.prepare.n_test=4", "data.prepare.image_size=64",
+        "model.net.size=64", "data.module.batch_size=4")
+
+
+# ------------------------------------------------------------------------------------------ IoU
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ([10, 20, 30, 40], [10, 20, 30, 40], 1.0),      # identical
+    ([0, 0, 10, 10], [20, 20, 5, 5], 0.0),          # disjoint
+    ([0, 0, 10, 10], [10, 0, 10, 10], 0.0),         # touching edges: no area in common
+    ([0, 0, 10, 10], [5, 0, 10, 10], 1 / 3),        # half of each overlaps: 50 / (100 + 100 - 50)
+    ([0, 0, 10, 10], [2.5, 2.5, 5, 5], 0.25),       # one inside the other: 25 / 100
+    ([0, 0, 4, 2], [2, 1, 4, 2], 2 / 14),           # quarter overlap of 8-area boxes: 2 / (8 + 8 - 2)
+])
+def test_iou_hand_computed(a, b, expected):
+    iou = coco_box_iou(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))
+    assert iou.shape == (1, 1) and float(iou) == pytest.approx(expected)
+    # pycocotools (COCOeval's own IoU, on [x, y, w, h]) agrees: same convention, no +1 pixel
+    assert float(mask_utils.iou([a], [b], [0])[0, 0]) == pytest.approx(expected)
+
+
+def test_box_convert_matches_coco_bbox_convention():
+    xywh = torch.tensor([[3.0, 4.0, 10.0, 20.0]])  # COCO: top-left corner, width, height
+    xyxy = box_convert(xywh, "xywh", "xyxy")
+    assert xyxy.tolist() == [[3.0, 4.0, 13.0, 24.0]]
+    assert box_convert(xyxy, "xyxy", "xywh").tolist() == xywh.tolist()
+    assert box_convert(xyxy, "xyxy", "cxcywh").tolist() == [[8.0, 14.0, 10.0, 20.0]]
+
+
+def test_random_flips_move_boxes_with_the_pixels():
+    image = torch.zeros(3, 20, 30)
+    image[:, 2:6, 3:10] = 1  # rows 2..5, columns 3..9 -> box x 3..10, y 2..6
+    target = {"boxes": torch.tensor([[3.0, 2.0, 10.0, 6.0]]), "labels": torch.tensor([1])}
+    [flipped], [t] = random_flips([image], [target], hflip=1.0, vflip=1.0)
+    x0, y0, x1, y1 = t["boxes"][0].int().tolist()
+    assert flipped[:, y0:y1, x0:x1].sum() == image.sum()  # the box still frames every lit pixel
+    assert target["boxes"].tolist() == [[3.0, 2.0, 10.0, 6.0]]  # the dataset's target is left alone
+
+
+# --------------------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_net_outputs(family, make_cfg):
+    torch.manual_seed(0)
+    cfg = make_cfg(f"experiment=detection-shapes-{family}", "model.net.size=64")
+    net = instantiate(cfg.model.net)
+    images = torch.rand(2, 3, 64, 64)
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 28.0], [35.0, 30.0, 60.0, 62.0]]), "labels": torch.tensor([1, 3])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # an image without objects
+    losses = net.train()(images, targets)
+    assert isinstance(losses, dict) and len(losses) >= 2
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+    with torch.no_grad():
+        detections = net.eval()([torch.rand(3, 64, 64), torch.rand(3, 80, 96)])  # any size: resized and back
+    assert len(detections) == 2
+    for det, (h, w) in zip(detections, [(64, 64), (80, 96)]):
+        assert set(det) == {"boxes", "scores", "labels"}
+        n = len(det["scores"])
+        assert det["boxes"].shape == (n, 4) and det["labels"].shape == (n,) and det["labels"].dtype == torch.int64
+        if n:
+            assert det["labels"].min() >= 1 and det["labels"].max() <= 3  # 0 is background
+            assert (det["boxes"][:, 2:] >= det["boxes"][:, :2]).all()
+            assert det["boxes"][:, 2].max() <= w and det["boxes"][:, 3].max() <= h
+            assert (det["scores"][:-1] >= det["scores"][1:]).all()  # sorted, best first
+
+
+def test_validation_loss_leaves_the_net_untouched(make_cfg):
+    module = instantiate(make_cfg("experiment=detection-shapes-ssd", "model.net.size=64").model).eval()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 28.0]]), "labels": torch.tensor([2])}]
+    losses = module.held_out_losses(torch.rand(1, 3, 64, 64), targets)
+    assert set(losses) == {"bbox_regression", "classification"} and not module.net.training
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())  # batch-norm statistics too
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_net_round_trips_through_mlflow(family, make_cfg, tmp_path):
+    """The bare net, as train.py logs it (detections are a list of dicts, so no signature and the
+    pickle format: MLflow's default 'pt2' needs a tensor-in/tensor-out graph)."""
+    import mlflow
+
+    net = instantiate(make_cfg(f"experiment=detection-shapes-{family}", "model.net.size=64").model.net).eval()
+    example = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = net(example)
+    mlflow.pytorch.save_model(net, tmp_path / "model", serialization_format="pickle", pip_requirements=["torch"])
+    loaded = mlflow.pytorch.load_model(str(tmp_path / "model"))
+    with torch.no_grad():
+        got = loaded(example)
+    assert len(got) == 4 and all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(got, expected))
+
+
+def test_yolo_assigns_the_centre_cell_and_prefers_the_smaller_object(make_cfg):
+    net = instantiate(make_cfg("experiment=detection-shapes-yolo").model.net)
+    stride = 8.0
+    centers = (torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="xy"), -1).reshape(-1, 2) + 0.5) * stride
+    big, small = [0.0, 0.0, 32.0, 32.0], [9.0, 9.0, 15.0, 15.0]  # small: inside one cell (8..16)
+    index = net.assign(torch.tensor([big, small]), centers, stride)
+    assert index[1 * 4 + 1] == 1  # cell (1, 1) holds the small object's centre: it goes to the small one
+    assert (index >= 0).sum() > 1 and (index[index >= 0] == 0).any()  # the big one gets several cells
+
+
+# ------------------------------------------------------------------------------------ evaluator
+
+
+def test_evaluator_on_prepared_and_external_coco(workdir, make_cfg):
+    cfg = make_cfg("experiment=detection-shapes-ssd", *TINY)
+    prepare_data(cfg)
+    module, datamodule = instantiate(cfg.model), instantiate(cfg.data.module)
+    evaluator = instantiate(cfg.evaluator)
+    metrics, files = evaluator(module, datamodule, workdir / "reports")
+    assert metrics["test/num_examples"] == 4
+    assert {"test/map", "test/map_50", "test/map_75"} <= set(metrics)
+    assert all(-1 <= metrics[k] <= 1 for k in metrics if k.startswith("test/ap/") or "map" in k)
+    assert {k.removeprefix("test/ap/") for k in metrics if k.startswith("test/ap/")} <= {"circle", "square", "triangle"}
+    assert [f.name for f in files] == ["detections.png"] and files[0].stat().st_size > 0
+
+    # A user's COCO folder for the test split (another 3 images), named by config, with class names given.
+    other = workdir / "other"
+    instantiate(cfg.data.prepare, out_dir=str(other), n_test=3, seed=7)
+    cfg2 = make_cfg("experiment=detection-shapes-ssd", *TINY, f"data.module.test_json={other}/test/annotations.json",
+                    f"data.module.test_images={other}/test/images", "evaluator.class_names=[bg,C,S,T]")
+    metrics2, _ = instantiate(cfg2.evaluator)(module, instantiate(cfg2.data.module), workdir / "reports2")
+    coco = json.loads((other / "test" / "annotations.json").read_text())
+    assert metrics2["test/num_examples"] == 3 and metrics2["test/num_objects"] == len(coco["annotations"])
+    assert {k.removeprefix("test/ap/") for k in metrics2 if k.startswith("test/ap/")} <= {"C", "S", "T"}
+
+
+def test_perfect_predictions_score_one(workdir, make_cfg):
+    """The evaluator's numbers are COCO's: the ground truth itself as predictions gives AP 1."""
+    cfg = make_cfg("experiment=detection-shapes-ssd", *TINY)
+    prepare_data(cfg)
+    datamodule = instantiate(cfg.data.module)
+    datamodule.setup("test")
+    truth = {t["image_id"]: t for _, t in datamodule.datasets["test"]}
+
+    class Oracle(torch.nn.Module):
+        def forward(self, images):
+            return [{"boxes": truth[i]["boxes"], "labels": truth[i]["labels"], "scores": torch.ones(len(truth[i]["labels"]))}
+                    for i in sorted(truth)[: len(images)]]
+
+    from dlzoo.evaluation.detection import evaluate as evaluate_detection
+
+    datamodule.batch_size = 64  # one batch, so the oracle's image order is the test order
+    metrics, _ = evaluate_detection(Oracle(), datamodule, workdir / "reports")
+    assert metrics["test/map"] == pytest.approx(1.0) and metrics["test/map_50"] == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0) for k, v in metrics.items() if k.startswith("test/ap/"))
+
+
+# ------------------------------------------------------------------------------------ smoke fit
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_smoke_fit_and_evaluate(family, workdir, make_cfg):
+    # log_model=false: train.py's log_model call needs serialization_format="pickle" for list-of-dict outputs
+    cfg = make_cfg(f"experiment=detection-shapes-{family}", "profile=smoke", "tracking.log_model=false", *TINY)
+    prepare_data(cfg)
+    summary = train(cfg)  # also logs the bare net to MLflow, run on 4 val images
+    assert Path(summary["checkpoint"]).is_file() and summary["monitor"] == "val/map"
+    metrics = evaluate(cfg)
+    on_disk = json.loads(Path(cfg.paths.metrics_file).read_text())
+    assert on_disk == pytest.approx(metrics)
+    assert {"test/map", "test/map_50", "test/map_75", "test/num_examples"} <= set(on_disk) and on_disk["num_params"] > 0
+
+    runs = mlflow_runs(workdir / "mlflow.db")
+    assert {r["tags"]["stage"] for r in runs} == {"train", "evaluate"}
+    assert all(r["experiment"] == "detection-shapes" and r["name"] == family and r["status"] == "FINISHED" for r in runs)
+    train_run = next(r for r in runs if r["tags"]["stage"] == "train")
+    assert {"train/loss", "val/loss", "val/map", "val/map_50"} <= set(train_run["metrics"])
+    eval_run = next(r for r in runs if r["tags"]["stage"] == "evaluate")
+    assert eval_run["metrics"]["test/map_50"] == pytest.approx(on_disk["test/map_50"])
+    assert (Path(cfg.paths.reports_dir) / "detections.png").is_file()
+    assert np.isfinite(summary["best_score"])
