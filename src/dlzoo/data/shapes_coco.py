@@ -36,7 +36,6 @@ import math
 import shutil
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
@@ -44,7 +43,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_convert, box_iou
 
-from dlzoo.data.common import require_prepared, write_json
+from dlzoo.data.common import SplitDataModule, require_prepared, write_json
 from dlzoo.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -527,7 +526,7 @@ def segmentation_collate(batch):
 # ---------------------------------------------------------------------------------- datamodule
 
 
-class ShapesDataModule(L.LightningDataModule):
+class ShapesDataModule(SplitDataModule):
     """Detection or segmentation batches from COCO folders: the prepared shapes data by default,
     `data_dir/{split}/annotations.json` + `data_dir/{split}/images`; set `<split>_json` and
     `<split>_images` to use your own COCO dataset for that split instead.
@@ -550,18 +549,18 @@ class ShapesDataModule(L.LightningDataModule):
         test_images: str | None = None,
         cache: bool = True,
     ):
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if task not in TASKS:
             raise ConfigError(f"data.module.task must be one of {', '.join(TASKS)}, got '{task}'")
         if batch_size < 1:
             raise ConfigError(f"data.module.batch_size must be >= 1, got {batch_size}")
-        self.data_dir, self.task, self.batch_size, self.num_workers, self.cache = data_dir, task, batch_size, num_workers, cache
+        self.data_dir, self.task, self.cache = data_dir, task, cache
+        self.collate_fn = detection_collate if task == "detection" else segmentation_collate
         given = {"train": (train_json, train_images), "val": (val_json, val_images), "test": (test_json, test_images)}
         for split, (js, imgs) in given.items():
             if (js is None) != (imgs is None):
                 raise ConfigError(f"data.module.{split}_json and {split}_images go together: set both or neither")
         self.custom = {s: (Path(js), Path(imgs)) for s, (js, imgs) in given.items() if js is not None}
-        self.datasets: dict[str, _CocoImages] = {}
         self._categories: list[tuple] | None = None
 
     def paths(self, split: str) -> tuple[Path, Path]:
@@ -624,19 +623,6 @@ class ShapesDataModule(L.LightningDataModule):
         return [cid for cid, _ in self._ensure_categories()]
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        if split not in self.datasets:
+        if split not in self.datasets:  # set up on demand, e.g. a test loader asked for after fit
             self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
-        collate = detection_collate if self.task == "detection" else segmentation_collate
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-            num_workers=self.num_workers, collate_fn=collate,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return super()._loader(split, shuffle)

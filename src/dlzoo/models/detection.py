@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
+from dlzoo.models.base import FamilyModule
 from dlzoo.models.cnn import conv_norm_relu
 from dlzoo.models.mobilenet import DepthwiseSeparable
 
@@ -76,18 +76,16 @@ def random_flips(images, targets, hflip: float, vflip: float):
     return images, targets
 
 
-class DetectionModule(L.LightningModule):
+class DetectionModule(FamilyModule):
     """Train: the sum of the net's losses. Validate: the same loss, COCO mAP@[.5:.95] and mAP@.5 (pycocotools).
 
-    `scheduler` is a partial; with `scheduler_interval: step` it is stepped every batch and given
-    `total_steps` (OneCycleLR needs it), with `epoch` once per epoch (e.g. CosineAnnealingLR).
+    Optimiser and schedule (`scheduler_interval`) as in every family: see dlzoo/models/base.py.
     """
 
     def __init__(self, net: nn.Module, optimizer, scheduler=None, scheduler_interval: str = "step",
                  hflip: float = 0.5, vflip: float = 0.0):
-        super().__init__()
-        self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
-        self.scheduler_interval, self.hflip, self.vflip = scheduler_interval, hflip, vflip
+        super().__init__(net, optimizer, scheduler, scheduler_interval)
+        self.hflip, self.vflip = hflip, vflip
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
 
     def forward(self, images, targets=None):
@@ -128,13 +126,3 @@ class DetectionModule(L.LightningModule):
         self.log("val/map", result["map"], prog_bar=True)
         self.log("val/map_50", result["map_50"], prog_bar=True)
         self.val_map.reset()
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        if self.scheduler_interval == "step":
-            scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-        else:
-            scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}

@@ -22,13 +22,13 @@ Design, top to bottom:
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from dlzoo.errors import ConfigError
+from dlzoo.models.base import FamilyModule
 from dlzoo.models.cnn import conv_norm_relu
 
 
@@ -80,18 +80,12 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - ((2 * inter + eps) / (total + eps)).mean()
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(FamilyModule):
     def __init__(self, net: nn.Module, optimizer, scheduler=None, num_classes: int = 4, dice_weight: float = 0.0,
                  scheduler_interval: str = "epoch"):
-        super().__init__()
-        if scheduler_interval not in ("epoch", "step"):
-            raise ConfigError(f"model.scheduler_interval must be epoch or step, got {scheduler_interval!r}")
-        self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
-        self.dice_weight, self.scheduler_interval = dice_weight, scheduler_interval
+        super().__init__(net, optimizer, scheduler, scheduler_interval)
+        self.dice_weight = dice_weight
         self.val_miou = MulticlassJaccardIndex(num_classes, average="macro")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = logits.float()  # bf16-mixed: the softmax and its sums in float32
@@ -112,13 +106,3 @@ class SegmentationModule(L.LightningModule):
         self.log("val/loss", self._loss(logits, y), on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
         self.val_miou(logits.argmax(dim=1), y)
         self.log("val/miou", self.val_miou, on_step=False, on_epoch=True, prog_bar=True)
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        if self.scheduler_interval == "step":
-            scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-        else:
-            scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
