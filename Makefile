@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 
 # Restore data/ from the project's DVC remote (a no-op when it is already there).
 data: $(STAMP)
-	$(BIN)/dvc pull --quiet
+	$(BIN)/dvc pull --quiet data.dvc
 
 repro: data
 	$(BIN)/dvc repro
