@@ -25,9 +25,9 @@ def resolve_tracking_uri(uri: str) -> str:
     return uri
 
 
-def artifact_location(root: str) -> str | None:
-    """Artifact root for new experiments: a local folder beside the store, or the server's default."""
-    return Path(root).resolve().as_uri() if root else None
+def artifact_location(root: str, experiment: str) -> str | None:
+    """Artifact folder for a new experiment: `<root>/<experiment>` beside the store, or the server's default."""
+    return (Path(root) / experiment).resolve().as_uri() if root else None
 
 
 def ensure_experiment(name: str, artifact_root: str | None) -> str:
@@ -36,7 +36,7 @@ def ensure_experiment(name: str, artifact_root: str | None) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location(artifact_root))
+    return mlflow.create_experiment(name, artifact_location=artifact_location(artifact_root, name))
 
 
 def git_commit() -> str:

@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> dict:
         experiment_name=cfg.task,
         run_name=cfg.family,
         tracking_uri=resolve_tracking_uri(cfg.tracking.uri),
-        artifact_location=artifact_location(cfg.tracking.artifact_root),
+        artifact_location=artifact_location(cfg.tracking.artifact_root, cfg.task),
         tags=run_tags(cfg, "train", num_params=n_params),
     )
     trainer = build_trainer(
