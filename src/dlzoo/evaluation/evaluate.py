@@ -15,9 +15,9 @@ from omegaconf import DictConfig
 from dlzoo.config import build, require_keys
 from dlzoo.data.common import read_json, write_json
 from dlzoo.errors import CheckpointError
+from dlzoo.evaluation.profiling import count_parameters
 from dlzoo.tracking import flat_params, start_run
 from dlzoo.training.callbacks import CHECKPOINT_KEY
-from dlzoo.training.train import count_parameters
 
 log = logging.getLogger(__name__)
 

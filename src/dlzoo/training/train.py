@@ -15,15 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from dlzoo.config import build, require_keys
 from dlzoo.data.common import write_json
 from dlzoo.evaluation.plots import plot_learning_curves
+from dlzoo.evaluation.profiling import count_parameters
 from dlzoo.tracking import artifact_location, flat_params, resolve_tracking_uri, run_tags
 from dlzoo.training.callbacks import CheckpointStamp, EpochHistory
 from dlzoo.training.trainer import build_trainer, check_trainer_config
 
 log = logging.getLogger(__name__)
-
-
-def count_parameters(module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def train(cfg: DictConfig) -> dict:
