@@ -9,6 +9,7 @@ from conftest import mlflow_runs, prepare_data
 from dlzoo.evaluation.evaluate import evaluate
 from dlzoo.training.train import train
 
+RAW = Path(__file__).resolve().parents[1] / "data"
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml") if not p.stem.endswith("baselines"))
 
 
@@ -17,9 +18,12 @@ HEADLINE = {
     "binary-addition": "test/accuracy", "timeseries-sine": "test/mae", "timeseries-sunspots": "test/mae",
     "digits": "test/accuracy", "digits-generative": "test/neg_elbo",
     "detection-shapes": "test/map_50", "segmentation-shapes": "test/miou",
+    "embeddings-en": "test/wordsim_spearman",
 }
 # Generated datasets are shrunk further than the smoke profile does.
-TINY_DATA = {"shapes": ["data.prepare.n_train=8", "data.prepare.n_val=4", "data.prepare.n_test=4", "data.prepare.image_size=64"]}
+TINY_DATA = {"shapes": ["data.prepare.n_train=8", "data.prepare.n_val=4", "data.prepare.n_test=4", "data.prepare.image_size=64"],
+             # raw text from the repository (tests run in a scratch directory), its first 5,000 lines
+             "embeddings-en": [f"data.prepare.train_file={RAW}/enja/train.en", f"data.prepare.val_file={RAW}/enja/dev.en", "data.prepare.max_lines=5000"]}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
