@@ -18,12 +18,13 @@ HEADLINE = {
     "binary-addition": "test/accuracy", "timeseries-sine": "test/mae", "timeseries-sunspots": "test/mae",
     "digits": "test/accuracy", "digits-generative": "test/neg_elbo",
     "detection-shapes": "test/map_50", "segmentation-shapes": "test/miou",
-    "embeddings-en": "test/wordsim_spearman",
+    "embeddings-en": "test/wordsim_spearman", "translation-en-ja": "test/bleu",
 }
 # Generated datasets are shrunk further than the smoke profile does.
 TINY_DATA = {"shapes": ["data.prepare.n_train=8", "data.prepare.n_val=4", "data.prepare.n_test=4", "data.prepare.image_size=64"],
              # raw text from the repository (tests run in a scratch directory), its first 5,000 lines
-             "embeddings-en": [f"data.prepare.train_file={RAW}/enja/train.en", f"data.prepare.val_file={RAW}/enja/dev.en", "data.prepare.max_lines=5000"]}
+             "embeddings-en": [f"data.prepare.train_file={RAW}/enja/train.en", f"data.prepare.val_file={RAW}/enja/dev.en", "data.prepare.max_lines=5000"],
+             "enja": [f"data.prepare.raw_dir={RAW}/enja", "data.prepare.limit_train=2000", "data.prepare.n_val=200"]}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -112,3 +112,32 @@ def plot_latent_map(latents, labels, path: str | Path, title: str = "posterior m
     ax.legend(*scatter.legend_elements(), fontsize=7, title="digit", loc="best")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def _japanese_font() -> str | None:
+    """IPAexGothic from the japanize-matplotlib wheel (matplotlib's own fonts have no Japanese glyphs)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("japanize_matplotlib")
+    if spec is None or spec.origin is None:
+        return None
+    font = Path(spec.origin).parent / "fonts" / "ipaexg.ttf"
+    if not font.is_file():
+        return None
+    from matplotlib import font_manager
+
+    font_manager.fontManager.addfont(str(font))
+    return font_manager.FontProperties(fname=str(font)).get_name()
+
+
+def plot_attention(weights, source_tokens, target_tokens, path: str | Path, title: str = "") -> Path:
+    """Heat-map of decoder attention: one row per generated token, one column per source token."""
+    font = _japanese_font()
+    fig, ax = plt.subplots(figsize=(0.45 * len(source_tokens) + 2, 0.4 * len(target_tokens) + 1.5))
+    ax.imshow(weights[: len(target_tokens), : len(source_tokens)], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=60, ha="right", fontfamily=font)
+    ax.set_yticks(range(len(target_tokens)), target_tokens, fontfamily=font)
+    ax.set_xlabel("source")
+    ax.set_ylabel("translation")
+    ax.set_title(title or "attention")
+    return _save(fig, path)

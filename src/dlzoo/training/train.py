@@ -113,8 +113,9 @@ def _log_train_artifacts(cfg, run_id: str, model, datamodule, history: EpochHist
         register_as = f"{cfg.task}-{cfg.family}" if cfg.tracking.register_model else None
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
         # "pt2" (torch.export: a graph, no pickled code) needs a tensor example to trace; nets with
-        # structured outputs (detectors) and any net torch.export cannot trace are pickled instead.
-        if tensor_io:
+        # structured outputs (detectors), data-dependent loops (translators' decoding; their deployable
+        # form is the TorchScript export of the evaluate stage) and any net torch.export cannot trace are pickled.
+        if tensor_io and getattr(model, "mlflow_serialization", "pt2") == "pt2":
             try:
                 mlflow.pytorch.log_model(net, name="model", signature=signature, input_example=example.numpy(),
                                          serialization_format="pt2", registered_model_name=register_as,

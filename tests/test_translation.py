@@ -1,0 +1,248 @@
+"""Translation: vocabularies, tokenisers, corpus preparation, bucketing, masking, decoding, export, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dlzoo.data.enja import (
+    BOS, EOS, PAD, SPECIALS, UNK, BucketBatchSampler, EnglishTokenizer, JapaneseTokenizer, SubwordVocab,
+    TranslationDataModule, WordVocab, collate_pairs, prepare, token_agreement,
+)
+from dlzoo.errors import CheckpointError, ConfigError, DataError
+from dlzoo.evaluation.translation import export_translator, load_translator
+from dlzoo.models.seq2seq import Seq2Seq
+from dlzoo.models.translation import beam_search, warmup_schedule
+from dlzoo.models.transformer import Transformer
+from dlzoo.translate import main as translate_main
+from dlzoo.translate import translate_lines
+
+SENTENCES = [["i", "am", "a", "cat", "."], ["you", "are", "a", "dog", "."], ["i", "am", "here", "."]]
+
+
+def tiny_nets():
+    torch.manual_seed(0)
+    return {
+        "seq2seq": Seq2Seq(40, 50, 16, 16, attention="none"),
+        "luong": Seq2Seq(40, 50, 16, 16, attention="luong"),
+        "bahdanau": Seq2Seq(40, 50, 16, 16, attention="bahdanau", bidirectional=False),
+        "transformer": Transformer(40, 50, d_model=16, heads=2, encoder_layers=2, decoder_layers=2, d_ff=32),
+    }
+
+
+def padded_batch():
+    src = torch.randint(4, 40, (3, 7))
+    src[0, -1] = EOS
+    src[1, 4], src[1, 5:] = EOS, PAD
+    src[2, 2], src[2, 3:] = EOS, PAD
+    return src
+
+
+# ---- vocabularies -------------------------------------------------------------------------------
+
+def test_word_vocab_is_frequency_ordered_deterministic_and_maps_unknowns():
+    vocab = WordVocab.build(SENTENCES, min_count=2)
+    assert vocab.itos[:4] == SPECIALS
+    assert vocab.itos[4:] == [".", "a", "am", "i"]  # by count, ties alphabetical
+    assert WordVocab.build(list(reversed(SENTENCES)), min_count=2).itos == vocab.itos
+    assert vocab.encode(["i", "am", "zebra"]) == [vocab.stoi["i"], vocab.stoi["am"], UNK]
+    assert vocab.decode([BOS, vocab.stoi["i"], UNK, EOS, vocab.stoi["a"]]) == ["i", "<unk>"]
+    assert len(WordVocab.build(SENTENCES, max_size=6)) == 6
+
+
+def test_vocab_rejects_empty_corpus_and_bad_min_count():
+    with pytest.raises(DataError, match="empty corpus"):
+        WordVocab.build([[], []])
+    with pytest.raises(ConfigError, match="min_count"):
+        WordVocab.build(SENTENCES, min_count=0)
+
+
+def test_subword_vocab_round_trips_words(tmp_path):
+    corpus = [s for _ in range(30) for s in SENTENCES] + [["the", "quick", "brown", "fox", "jumps"]] * 5
+    vocab = SubwordVocab.train(corpus, tmp_path / "spm", vocab_size=40)
+    ids = vocab.encode(["i", "am", "a", "cat", "."])
+    assert all(i >= 4 for i in ids) and vocab.sp.pad_id() == PAD and vocab.sp.eos_id() == EOS
+    assert vocab.decode(ids + [EOS, 7]) == ["i", "am", "a", "cat", "."]
+
+
+# ---- tokenisers -----------------------------------------------------------------------------------
+
+def test_english_tokenizer_matches_corpus_conventions():
+    tok = EnglishTokenizer()
+    assert tok("I can't swim at ALL.") == ["i", "can", "'t", "swim", "at", "all", "."]
+    assert tok("It's 5 o'clock, isn't it?")[:2] == ["it", "'s"]
+
+
+def test_japanese_tokenizer_segments_and_agreement_is_measured():
+    tok = JapaneseTokenizer()
+    tokens = tok("私はテニス部員です。")
+    assert "".join(tokens) == "私はテニス部員です。" and len(tokens) >= 4
+    same = token_agreement(tok, [tok("彼は学生です。")])
+    assert same["sentence_exact"] == 1.0 and same["token_f1"] == 1.0
+    kytea_style = token_agreement(tok, [["送", "っ", "た", "。"]])  # KyTea splits inflections further
+    assert kytea_style["token_recall"] < 1.0
+
+
+# ---- corpus preparation and batching --------------------------------------------------------------
+
+def write_corpus(root, train_en, train_ja, dev_en=None, dev_ja=None):
+    root.mkdir(parents=True, exist_ok=True)
+    for name, lines in [("train.en", train_en), ("train.ja", train_ja), ("dev.en", dev_en or train_en[:3]), ("dev.ja", dev_ja or train_ja[:3])]:
+        (root / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return root
+
+
+def test_prepare_skips_empty_and_long_lines_counts_them_and_keeps_references(tmp_path):
+    en = [f"i see {i} cats ." for i in range(40)] + ["", "a " * 60]
+    ja = [f"猫 が {i} 匹 い る 。" for i in range(40)] + ["猫 。", "猫 " * 5]
+    raw = write_corpus(tmp_path / "raw", en, ja)
+    summary = prepare(str(tmp_path / "out"), raw_dir=str(raw), n_val=5, max_len=20)
+    stats = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert stats["corpus"]["train"] == {"read": 42, "skipped_empty": 1, "skipped_long": 1}
+    assert summary["pairs"] == {"train": 35, "val": 5, "test": 3}
+    assert (tmp_path / "out" / "test.ja.txt").read_text(encoding="utf-8").splitlines()[0] == ja[0]
+    dm = TranslationDataModule(str(tmp_path / "out"), direction="ja-en", batch_size=8)
+    dm.setup()
+    src, tgt_in, tgt_out = next(iter(dm.train_dataloader()))
+    assert (tgt_in[:, 0] == BOS).all() and ((src == EOS).sum(1) == 1).all()
+    assert torch.equal(tgt_in[:, 1:][tgt_out[:, :-1] != PAD], tgt_out[:, :-1][tgt_out[:, :-1] != PAD])
+
+
+def test_prepare_rejects_misaligned_non_utf8_and_missing_corpora(tmp_path):
+    raw = write_corpus(tmp_path / "a", ["a b", "c d"], ["あ"])
+    with pytest.raises(DataError, match="must align"):
+        prepare(str(tmp_path / "o1"), raw_dir=str(raw), n_val=1)
+    raw = write_corpus(tmp_path / "b", ["a b", "c d"], ["あ", "い"])
+    (raw / "train.en").write_bytes(b"a b\n\xff\xfe c\n")
+    with pytest.raises(DataError, match="not UTF-8"):
+        prepare(str(tmp_path / "o2"), raw_dir=str(raw), n_val=1)
+    with pytest.raises(DataError, match="dvc pull"):
+        prepare(str(tmp_path / "o3"), raw_dir=str(tmp_path / "nowhere"))
+    raw = write_corpus(tmp_path / "c", ["", " "], ["", ""], ["a"], ["b"])
+    with pytest.raises(DataError, match="no usable sentence pairs"):
+        prepare(str(tmp_path / "o4"), raw_dir=str(raw), n_val=1)
+
+
+def test_bucket_sampler_covers_every_sentence_once_in_length_groups():
+    lengths = np.random.default_rng(0).integers(3, 17, 1000).tolist()
+    sampler = BucketBatchSampler(lengths, batch_size=32, shuffle=True, seed=1)
+    first = list(sampler)
+    assert sorted(i for b in first for i in b) == list(range(1000))
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in first])
+    assert spread <= 1.5  # vs ~13 for random batches
+    assert list(sampler) != first  # reshuffled each epoch...
+    assert list(BucketBatchSampler(lengths, 32, shuffle=True, seed=1)) == first  # ...but seeded
+
+
+# ---- models: masking, decoding ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["seq2seq", "luong", "bahdanau", "transformer"])
+def test_padding_is_never_attended(name):
+    net = tiny_nets()[name].eval()
+    src, tgt = padded_batch(), torch.randint(4, 50, (3, 5))
+    more_padding = torch.cat([src, torch.full((3, 4), PAD)], dim=1)
+    assert torch.allclose(net.logits(src, tgt), net.logits(more_padding, tgt), atol=1e-5)
+    if name != "seq2seq":
+        memory, mask, state = net.encode(src)
+        _, _, attention = net.decode_step(torch.full((3,), BOS), memory, mask, state, True)
+        assert torch.all(attention[~mask] == 0) and torch.allclose(attention.sum(-1), torch.ones(3))
+
+
+@pytest.mark.parametrize("name", ["seq2seq", "luong", "bahdanau", "transformer"])
+def test_step_by_step_decoding_matches_teacher_forcing_and_beam_1_is_greedy(name):
+    net = tiny_nets()[name].eval()
+    src = padded_batch()
+    greedy = net(src)
+    tgt_in = torch.cat([torch.full((3, 1), BOS), greedy[:, :-1]], dim=1)
+    before_end = torch.cat([torch.ones(3, 1, dtype=torch.bool), (greedy[:, :-1] != EOS).cumprod(1).bool()], 1) & (greedy != PAD)
+    assert torch.equal(net.logits(src, tgt_in).argmax(-1)[before_end], greedy[before_end])
+    assert torch.equal(beam_search(net, src, beam=1), greedy)
+    beamed = beam_search(net, src, beam=4)
+    assert beamed.shape[0] == 3 and beamed.max() < 50
+
+
+def test_beam_search_finds_a_likelier_sequence_than_greedy():
+    torch.manual_seed(3)
+    net = Transformer(40, 50, d_model=16, heads=2, encoder_layers=1, decoder_layers=1, d_ff=32).eval()
+    src = padded_batch()
+
+    def log_prob(ids):
+        tgt_in = torch.cat([torch.full((3, 1), BOS), ids[:, :-1]], dim=1)
+        lp = net.logits(src, tgt_in).log_softmax(-1).gather(-1, ids[:, :, None]).squeeze(-1)
+        return (lp * (ids != PAD)).sum(1)
+
+    greedy, beamed = net(src), beam_search(net, src, beam=8, length_penalty=0.0)
+    assert (log_prob(beamed) >= log_prob(greedy) - 1e-4).all()
+
+
+def test_warmup_schedule_rises_then_decays_to_zero():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = warmup_schedule(opt, total_steps=100, warmup_steps=10)
+    factors = [sched.lr_lambdas[0](s) for s in (0, 9, 10, 55, 100)]
+    assert factors[0] == pytest.approx(0.1) and factors[1] == pytest.approx(1.0) and factors[-1] == 0.0
+    assert warmup_schedule(opt, 100, 10, decay="inverse_sqrt").lr_lambdas[0](39) == pytest.approx(0.5)
+
+
+def test_bad_attention_and_direction_are_config_errors():
+    with pytest.raises(ConfigError, match="attention"):
+        Seq2Seq(10, 10, attention="dot")
+    with pytest.raises(ConfigError, match="direction"):
+        TranslationDataModule("x", direction="en-fr")
+
+
+# ---- export and CLI -----------------------------------------------------------------------------
+
+@pytest.fixture
+def exported(tmp_path):
+    src_vocab = WordVocab(SPECIALS + ["i", "can", "'t", "swim", "."] + [f"w{i}" for i in range(31)])
+    tgt_vocab = WordVocab(SPECIALS + [f"t{i}" for i in range(46)])
+    net = tiny_nets()["transformer"].eval()
+    path = export_translator(net, src_vocab, tgt_vocab, "en-ja", tmp_path / "translator.pt", family="Transformer")
+    return net, path
+
+
+def test_export_round_trip_reproduces_greedy_output(exported):
+    net, path = exported
+    module, src_vocab, tgt_vocab, meta = load_translator(path)
+    src = padded_batch()
+    assert meta["direction"] == "en-ja" and len(src_vocab) == 40
+    assert isinstance(module, torch.jit.ScriptModule)
+    assert torch.equal(module(src), net(src))
+    assert torch.equal(beam_search(module, src, 3), beam_search(net, src, 3))
+
+
+def test_load_translator_rejects_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="no translator"):
+        load_translator(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="not a TorchScript file"):
+        load_translator(tmp_path / "junk.pt")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "other.pt"))
+    with pytest.raises(CheckpointError, match="not a dlzoo translator"):
+        load_translator(tmp_path / "other.pt")
+
+
+def test_translate_handles_bad_lines_one_by_one(exported):
+    _, path = exported
+    module, src_vocab, tgt_vocab, meta = load_translator(path)
+    lines = [b"I can't swim.", b"", b"\xff\xfe broken", b"swim " * 200, b"I can't."]
+    outputs, notes = translate_lines(lines, module, src_vocab, tgt_vocab, meta, beam=2, max_tokens=100)
+    assert len(outputs) == 5 and outputs[1] == outputs[2] == outputs[3] == ""
+    assert outputs[0] and outputs[4]
+    assert [n.split(":")[0] for n in notes] == ["line 2", "line 3", "line 4"]
+    assert "not UTF-8" in notes[1] and "over the limit" in notes[2]
+
+
+def test_translate_cli_end_to_end(exported, monkeypatch, capsys):
+    _, path = exported
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"I can't swim.\n\nswim .\n")))
+    assert translate_main(["--model", str(path)]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 3 and "line 2: empty" in out.err
+    assert translate_main(["--model", str(path.parent / "nope.pt")]) == 2
+    assert "error: no translator" in capsys.readouterr().err
