@@ -40,6 +40,10 @@ def repo_copy(tmp_path_factory):
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["profile"] = "smoke"
     (dst / "params.yaml").write_text(yaml.safe_dump(params))
+    # Compression: every method once (on the CNN; distillation from its DenseNet teacher), ~10 s a stage.
+    table = yaml.safe_load((dst / "compressions.yaml").read_text())
+    table["compressions"] = {k: v for k, v in table["compressions"].items() if v["family"] == "cnn" or v["method"].startswith("distill")}
+    (dst / "compressions.yaml").write_text(yaml.safe_dump(table))
     sh("git", "init", "-q", cwd=dst)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=dst)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=dst)
@@ -66,6 +70,9 @@ def test_repro_runs_every_stage_and_writes_metrics(repo_copy):
     for task in ("timeseries-sine", "timeseries-sunspots"):
         for family in ("rnn", "lstm", "gru", "naive", "seasonal-naive", "ar"):
             assert metrics[f"metrics/{task}/{family}.json"]["data"]["test/mae"] > 0
+    compressions = yaml.safe_load((dst / "compressions.yaml").read_text())["compressions"]
+    for c in compressions.values():
+        assert "size_mb" in metrics[f"metrics/{c['task']}/{c['family']}-{c['method']}.json"]["data"]
 
 
 def test_mlflow_runs_tags_and_metrics_match_dvc(repo_copy):
@@ -85,6 +92,10 @@ def test_mlflow_runs_tags_and_metrics_match_dvc(repo_copy):
     for run in evaluated:
         on_disk = json.loads((dst / f"metrics/timeseries-sunspots/{run['name']}.json").read_text())
         assert run["metrics"]["test/mae"] == pytest.approx(on_disk["test/mae"])
+    int8 = next(r for r in runs if r["tags"]["dvc_stage"] == "compress@digits-cnn-static-int8")
+    assert int8["experiment"] == "digits" and int8["name"] == "cnn-static-int8"
+    assert int8["tags"]["stage"] == "compress" and int8["tags"]["method"] == "static-int8"
+    assert int8["tags"]["parent_run_id"] == json.loads((dst / "artifacts/models/digits-cnn/train_summary.json").read_text())["run_id"]
 
 
 def test_unchanged_repro_runs_nothing(repo_copy):

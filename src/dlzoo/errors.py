@@ -15,3 +15,7 @@ class DataError(DlzooError):
 
 class CheckpointError(DlzooError):
     """A checkpoint that is missing, unreadable, or belongs to another task or family."""
+
+
+class ExportError(DlzooError):
+    """A model that cannot be exported (e.g. an operator the ONNX exporter does not support)."""

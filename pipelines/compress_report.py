@@ -1,0 +1,18 @@
+"""DVC stage `compress-report@<task>`: the task's compressed models side by side (table + trade-off plots).
+
+    python pipelines/compress_report.py task=digits [report.metric=test/accuracy]
+"""
+
+import hydra
+
+from dlzoo.cli import run_stage
+from dlzoo.compression.report import compress_report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="compress_report")
+def main(cfg):
+    run_stage(compress_report, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The generic compress entry: a trained parent checkpoint + one method -> a compressed model, measured
+with the parent family's own evaluator, recorded as its own MLflow run and DVC metrics file.
+
+    python pipelines/compress.py experiment=digits-cnn compress=static-int8
+
+Any family plugs in whose LightningModule keeps its network in `.net` (dlzoo.models.base.FamilyModule):
+its evaluator (`cfg.evaluator`, `evaluate(module, datamodule, out_dir) -> (metrics, files)`) gets the
+family's own LightningModule with the compressed network swapped into `.net`, exactly as the evaluate
+stage hands it the parent, so the network only has to accept the parent's inputs. The parent
+is measured again in the same process, so the ratios (`size_ratio`, `speedup_b32`, ...) compare numbers
+taken under the same machine load.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dlzoo.compression import export_onnx
+from dlzoo.compression.context import CompressContext, Compressed, first_input
+from dlzoo.compression.measure import save_weights, size_metrics
+from dlzoo.config import build, require_keys
+from dlzoo.data.common import read_json, write_json
+from dlzoo.errors import CheckpointError, ExportError
+from dlzoo.evaluation.evaluate import load_checkpoint
+from dlzoo.evaluation.profiling import count_macs, cpu_latency_ms
+from dlzoo.tracking import flat_params, start_run
+
+log = logging.getLogger(__name__)
+
+
+def for_profile(cfg: DictConfig) -> DictConfig:
+    """Under `profile=smoke`, merge the method's `compress.smoke` overrides (fewer epochs, seeds, batches)."""
+    smoke = cfg.compress.get("smoke")
+    if cfg.profile_name != "smoke" or not smoke:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.compress = OmegaConf.merge(cfg.compress, smoke)
+    return cfg
+
+
+def load_parent(cfg: DictConfig):
+    """The parent family's LightningModule with its trained weights (checkpoint checked for task/family)."""
+    ckpt_path = cfg.get("checkpoint_path") or Path(cfg.paths.model_dir) / "best.ckpt"
+    checkpoint = load_checkpoint(ckpt_path, cfg.task, cfg.family)
+    module = build(cfg.model, "model")
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{ckpt_path} does not fit the configured model (was the model config changed after training?): {str(exc)[:300]}"
+        ) from None
+    return module.eval(), str(ckpt_path)
+
+
+def compress(cfg: DictConfig) -> dict:
+    require_keys(cfg, "task", "family", "data.module", "evaluator", "model", "compress.method", "compress.apply")
+    cfg = for_profile(cfg)
+    previous = torch.get_num_threads()
+    # A fixed intra-op thread count: small models gain nothing from more, and on a shared CPU extra
+    # OpenMP threads that spin-wait for busy cores make fine-tuning several times slower.
+    torch.set_num_threads(int(cfg.torch_threads))
+    try:
+        return _compress(cfg)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _compress(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+    method = build(cfg.compress.apply, "compress.apply")  # bad method parameters fail before any work
+    module, ckpt_path = load_parent(cfg)
+    datamodule = build(cfg.data.module, "data.module")
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    inputs = build(cfg.compress.inputs, "compress.inputs") if cfg.compress.get("inputs") else first_input
+    ctx = CompressContext(cfg, copy.deepcopy(module.net).eval(), datamodule, inputs, module)
+
+    result: Compressed = method(ctx)
+    evaluator = build(cfg.evaluator, "evaluator")
+    out_dir = Path(cfg.paths.compressed_dir)
+    with tempfile.TemporaryDirectory() as scratch:  # the parent's plots are the evaluate stage's, not ours
+        parent_metrics, _ = evaluator(ctx.with_net(ctx.parent()), datamodule, scratch)
+    parent_metrics.update(size_metrics(ctx.net))
+
+    metrics, files = _measure(result, evaluator, ctx, out_dir)
+    metrics.update(result.info)
+    metrics.update({f"parent/{k}": float(v) for k, v in parent_metrics.items()})
+    metrics.update(_ratios(metrics, parent_metrics))
+    if "latency_ms_b1" in metrics and cfg.compress.get("paired_latency", True):
+        metrics.update(_paired_speedups(ctx.parent(), result.nets[0], ctx, threads=cfg.evaluator.get("latency_threads", 1)))
+
+    onnx_status = "skipped"
+    if cfg.compress.onnx.export:
+        onnx_status, onnx_metrics = _export_onnx(result.nets[0], ctx, out_dir / "model.onnx", cfg.compress.onnx)
+        metrics.update(onnx_metrics)
+        if onnx_metrics:
+            files.append(out_dir / "model.onnx")
+    files.append(save_weights(result.nets[0], out_dir / "model.pt"))
+    seconds = time.perf_counter() - started
+
+    summary_path = Path(cfg.paths.model_dir) / "train_summary.json"
+    parent_run_id = read_json(summary_path)["run_id"] if summary_path.exists() else ""
+    name = f"{cfg.family}-{cfg.compress.method}"
+    with start_run(cfg, "compress", run_name=name, method=cfg.compress.method, parent_run_id=parent_run_id,
+                   checkpoint=ckpt_path, onnx_export=onnx_status[:5000]) as run:
+        import mlflow
+
+        params = flat_params(cfg)
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            mlflow.log_params(dict(list(params.items())[i : i + 100]))
+        mlflow.log_metrics({**metrics, "compress_seconds": seconds})
+        for f in files:
+            mlflow.log_artifact(str(f), "compressed" if f.parent == out_dir else "evaluation")
+        run_id = run.info.run_id
+    write_json(out_dir / "summary.json", {
+        "task": cfg.task, "family": cfg.family, "method": cfg.compress.method, "run_name": name, "run_id": run_id,
+        "parent_run_id": parent_run_id, "onnx_export": onnx_status, "compress_seconds": seconds, "metrics": metrics,
+    })
+    # The DVC metrics file is written last, so a failed run never leaves numbers behind.
+    write_json(cfg.paths.compress_metrics_file, metrics)
+    log.info("compressed %s with %s in %.1f s: %s", cfg.experiment_name, cfg.compress.method, seconds,
+             {k: round(v, 5) for k, v in metrics.items() if not k.startswith(("parent/", "seed"))})
+    return metrics
+
+
+def _measure(result: Compressed, evaluator, ctx: CompressContext, out_dir: Path) -> tuple[dict, list[Path]]:
+    """Evaluate every network of the result (one per seed); numbers are averaged over seeds, and each
+    seed's test metrics are kept as `seed<k>/<metric>`."""
+    runs, files = [], []
+    seeds = result.seeds or [None] * len(result.nets)
+    for net, seed in zip(result.nets, seeds):
+        # the family's own module around the compressed network, as the evaluate stage hands it the parent's
+        metrics, evaluation_files = evaluator(ctx.with_net(net), ctx.datamodule, out_dir / "evaluation" / (f"seed{seed}" if seed is not None else ""))
+        metrics.update(size_metrics(net))
+        if metrics.get("macs") == 0 and result.float_reference is not None:
+            # int8 kernels are invisible to the FLOP counter; they do the float model's MACs, in int8
+            metrics["macs"] = count_macs(result.float_reference, ctx.example(1)[0])
+        runs.append({k: float(v) for k, v in metrics.items()})
+        files += evaluation_files
+    merged = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
+    if len(runs) > 1:
+        for seed, r in zip(seeds, runs):
+            merged.update({f"seed{seed}/{k}": v for k, v in r.items() if k.startswith("test/")})
+        merged.update({f"{k}_std": statistics.stdev(r[k] for r in runs) for k in runs[0] if k.startswith("test/")})
+    return merged, files
+
+
+def _ratios(metrics: dict, parent: dict) -> dict[str, float]:
+    """parent / compressed for costs (>1 = smaller or faster)."""
+    out = {}
+    for key, name in (("size_mb", "size_ratio"), ("num_params", "param_ratio"), ("nonzero_params", "nonzero_ratio"),
+                      ("macs", "macs_ratio"), ("latency_ms_b1", "speedup_b1"), ("latency_ms_b32", "speedup_b32")):
+        if metrics.get(key) and parent.get(key):
+            out[name] = float(parent[key]) / float(metrics[key])
+    return out
+
+
+def _paired_speedups(parent, net, ctx: CompressContext, threads: int, rounds: int = 5) -> dict[str, float]:
+    """Parent / compressed latency measured alternately in `rounds` (A, B, A, B, ...), medians of each:
+    a slow drift in machine load (other jobs on a shared CPU) then hits both sides alike."""
+    out = {}
+    for batch in (1, 32):
+        example = ctx.example(batch)
+        if len(example) != 1 or example[0].shape[0] != batch:
+            continue
+        a, b = [], []
+        for _ in range(rounds):
+            a.append(cpu_latency_ms(parent, example[0], repeats=10, warmup=3, threads=threads))
+            b.append(cpu_latency_ms(net, example[0], repeats=10, warmup=3, threads=threads))
+        out[f"speedup_b{batch}"] = statistics.median(a) / statistics.median(b)
+    return out
+
+
+def _export_onnx(net, ctx: CompressContext, path: Path, onnx_cfg: DictConfig) -> tuple[str, dict]:
+    """Export and check with onnxruntime on the test split. Where the format does not allow it (e.g. an
+    int8 operator without an ONNX translation) the reason is recorded; with `onnx.required` it is an error."""
+    try:
+        export_onnx.export(net, ctx.example(1), path)
+        checked = export_onnx.check(path, net, (ctx.inputs(b) for b in ctx.datamodule.test_dataloader()), onnx_cfg.atol)
+    except ExportError as exc:
+        path.unlink(missing_ok=True)
+        if onnx_cfg.required:
+            raise
+        log.warning("no ONNX model: %s", exc)
+        return f"failed: {exc}", {}
+    if not checked["onnx/within_atol"]:
+        message = (f"ONNX outputs differ from PyTorch by up to {checked['onnx/max_abs_diff']:.3g} > atol {onnx_cfg.atol:g} "
+                   f"on the test split (same class for {checked['onnx/argmax_agreement']:.2%})")
+        if onnx_cfg.required:
+            raise ExportError(message)
+        log.warning("%s", message)
+        return f"outside tolerance: {message}", checked
+    return "ok", checked

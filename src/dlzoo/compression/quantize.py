@@ -1,0 +1,106 @@
+"""Quantisation: 16-bit casts, dynamic int8, static post-training int8 and quantisation-aware training.
+
+Static int8 and QAT use torch.ao's FX graph mode (`prepare_fx` / `convert_fx`) with the x86 backend
+(fbgemm + oneDNN kernels). In torch 2.14 the PT2E flow (`prepare_pt2e`) lives in the separate
+`torchao` package and its x86 quantiser only pays off after `torch.compile` (a C++ toolchain and
+minutes of compilation on a 2-core CPU); FX graph mode produces modules that run real int8 kernels
+eagerly, which is what the CPU latency numbers here measure. FX mode is marked deprecated in torch, so
+its warnings are silenced where it is called.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from hydra.utils import get_class
+from torch import nn
+
+from dlzoo.compression.context import CompressContext, Compressed
+from dlzoo.errors import ConfigError
+
+DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class Cast(nn.Module):
+    """A network stored and run in a 16-bit float type behind a float32 interface: floating inputs are
+    cast down, floating outputs cast back up, integer inputs (token ids) pass through."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner, self.dtype = net.to(dtype), dtype  # not `.net`: the evaluators profile `.net` directly
+
+    def forward(self, *args):
+        out = self.inner(*[a.to(self.dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args])
+        return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
+
+
+def half(ctx: CompressContext, dtype: str = "float16") -> Compressed:
+    """Cast every weight to fp16 or bf16: half the bytes; accuracy usually unchanged."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"compress.apply.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return Compressed([Cast(ctx.parent(), DTYPES[dtype])], float_reference=ctx.parent())
+
+
+def dynamic_int8(ctx: CompressContext, modules: tuple[str, ...] = ("torch.nn.Linear", "torch.nn.LSTM", "torch.nn.GRU")) -> Compressed:
+    """int8 weights, activations quantised on the fly per batch: for Linear/recurrent-heavy networks
+    (Transformers, LSTMs), where the matrix multiplies dominate. Nothing to calibrate."""
+    classes = set()
+    for name in modules:
+        try:
+            classes.add(get_class(name))
+        except Exception:
+            raise ConfigError(f"compress.apply.modules: {name!r} is not an importable class") from None
+    net = ctx.parent().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(net, classes, dtype=torch.qint8)
+    info = {"quantized_modules": float(sum(_is_int8(m) for m in quantized.modules()))}
+    return Compressed([quantized], info, float_reference=ctx.parent())
+
+
+def _qconfig_mapping(backend: str, qat: bool):
+    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+
+    if backend not in torch.backends.quantized.supported_engines:
+        raise ConfigError(f"quantisation backend {backend!r} is not available here (have {torch.backends.quantized.supported_engines})")
+    torch.backends.quantized.engine = backend
+    return (get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping)(backend)
+
+
+def static_int8(ctx: CompressContext, backend: str = "x86", calibration_batches: int = 8) -> Compressed:
+    """Post-training static int8: conv/BN/ReLU fused, observers calibrated on training batches, then int8
+    weights and activations throughout (per-channel weights, per-tensor activations)."""
+    if calibration_batches < 1:
+        raise ConfigError(f"compress.apply.calibration_batches must be >= 1, got {calibration_batches}")
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    mapping = _qconfig_mapping(backend, qat=False)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(ctx.parent().eval(), mapping, ctx.example(1))
+        for inputs in ctx.calibration_batches(calibration_batches):
+            prepared(*inputs)
+        quantized = convert_fx(prepared)
+    return Compressed([quantized], {"quantized_modules": float(sum(_is_int8(m) for m in quantized.modules()))},
+                      float_reference=ctx.parent())
+
+
+def qat_int8(ctx: CompressContext, backend: str = "x86", epochs: int = 3, lr: float = 5e-4) -> Compressed:
+    """Quantisation-aware training: fake-quantise weights and activations, fine-tune with the family's
+    Lightning recipe for `epochs` (BN folded into the convs), then convert to the same int8 modules as static."""
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
+
+    mapping = _qconfig_mapping(backend, qat=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_qat_fx(ctx.parent().train(), mapping, ctx.example(1))
+        ctx.fit(ctx.family_module(prepared, epochs, lr), epochs)
+        quantized = convert_fx(prepared.eval())
+    return Compressed([quantized], {"quantized_modules": float(sum(_is_int8(m) for m in quantized.modules()))},
+                      float_reference=ctx.parent())
+
+
+def _is_int8(module: nn.Module) -> bool:
+    """A module that runs int8 kernels (torch.ao.nn.quantized / quantized.dynamic / intrinsic.quantized)."""
+    return type(module).__module__.startswith("torch.ao.nn.") and ".quantized" in type(module).__module__
