@@ -246,3 +246,35 @@ def test_translate_cli_end_to_end(exported, monkeypatch, capsys):
     assert len(out.out.splitlines()) == 3 and "line 2: empty" in out.err
     assert translate_main(["--model", str(path.parent / "nope.pt")]) == 2
     assert "error: no translator" in capsys.readouterr().err
+
+
+# ---- compression hooks (issue 5): dynamic int8 and word-level distillation of translators ---------
+
+def test_dynamic_int8_translator_decodes_and_scripts():
+    import warnings
+
+    net = tiny_nets()["transformer"].eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+    assert any("quantized.dynamic" in type(m).__module__ for m in quantized.modules())
+    src = padded_batch()
+    assert torch.equal(torch.jit.script(quantized)(src), quantized(src))
+    assert beam_search(quantized, src, 2).shape[0] == 3
+
+
+def test_word_level_distillation_step_uses_teacher_forcing_logits():
+    from dlzoo.compression.distill import DistillModule, teacher_forcing_batch
+
+    nets = tiny_nets()
+    teacher, student = nets["transformer"], Transformer(40, 50, d_model=8, heads=2, encoder_layers=1, decoder_layers=1, d_ff=16)
+    module = DistillModule(student, teacher, temperature=1.0, alpha=0.5, optimizer=None, batch=teacher_forcing_batch,
+                           ignore_index=PAD, call="logits")
+    src, tgt = padded_batch(), torch.randint(4, 50, (3, 6))
+    tgt[0, 4:] = PAD
+    batch = (src, torch.cat([torch.full((3, 1), BOS), tgt[:, :-1]], 1), tgt)
+    module.log = lambda *args, **kwargs: None
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and student.out.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher is frozen

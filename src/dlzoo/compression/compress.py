@@ -68,7 +68,8 @@ def compress(cfg: DictConfig) -> dict:
     previous = torch.get_num_threads()
     # A fixed intra-op thread count: small models gain nothing from more, and on a shared CPU extra
     # OpenMP threads that spin-wait for busy cores make fine-tuning several times slower.
-    torch.set_num_threads(int(cfg.torch_threads))
+    # A method may ask for more (`compress.torch_threads`: minutes of translation distillation).
+    torch.set_num_threads(int(cfg.compress.get("torch_threads") or cfg.torch_threads))
     try:
         return _compress(cfg)
     finally:
@@ -160,7 +161,8 @@ def _ratios(metrics: dict, parent: dict) -> dict[str, float]:
     """parent / compressed for costs (>1 = smaller or faster)."""
     out = {}
     for key, name in (("size_mb", "size_ratio"), ("num_params", "param_ratio"), ("nonzero_params", "nonzero_ratio"),
-                      ("macs", "macs_ratio"), ("latency_ms_b1", "speedup_b1"), ("latency_ms_b32", "speedup_b32")):
+                      ("macs", "macs_ratio"), ("latency_ms_b1", "speedup_b1"), ("latency_ms_b32", "speedup_b32"),
+                      ("test/ms_per_sentence_greedy", "decode_speedup_greedy"), ("test/ms_per_sentence_beam", "decode_speedup_beam")):
         if metrics.get(key) and parent.get(key):
             out[name] = float(parent[key]) / float(metrics[key])
     return out

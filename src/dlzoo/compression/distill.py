@@ -42,13 +42,21 @@ def xy_batch(batch) -> tuple[tuple, torch.Tensor]:
     return (batch[0],), batch[1]
 
 
+def teacher_forcing_batch(batch) -> tuple[tuple, torch.Tensor]:
+    """A translation batch (src, tgt_in, tgt_out): inputs (src, tgt_in), one target token per position."""
+    src, tgt_in, tgt_out = batch
+    return (src, tgt_in), tgt_out
+
+
 class DistillModule(L.LightningModule):
     """Trains `student` against `teacher` (frozen, eval mode) for a fixed budget; the last weights count."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, temperature: float, alpha: float,
-                 optimizer, scheduler=None, batch=xy_batch, ignore_index: int = -100):
+                 optimizer, scheduler=None, batch=xy_batch, ignore_index: int = -100, call: str = "forward",
+                 scheduler_interval: str = "epoch"):
         super().__init__()
-        self.student, self.temperature, self.alpha = student, temperature, alpha
+        self.student, self.temperature, self.alpha, self.call = student, temperature, alpha, call
+        self.scheduler_interval = scheduler_interval  # the family's: per epoch (cosine) or per step (warmup)
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None and alpha > 0 else []  # not a submodule: never trained or saved
         self.optimizer_factory, self.scheduler_factory, self.batch, self.ignore_index = optimizer, scheduler, batch, ignore_index
 
@@ -57,8 +65,9 @@ class DistillModule(L.LightningModule):
         teacher_logits = None
         if self._teacher:
             with torch.no_grad():
-                teacher_logits = self._teacher[0](*inputs)
-        loss = soft_target_loss(self.student(*inputs), teacher_logits, targets, self.temperature, self.alpha, self.ignore_index)
+                teacher_logits = getattr(self._teacher[0], self.call)(*inputs)
+        student_logits = getattr(self.student, self.call)(*inputs)
+        loss = soft_target_loss(student_logits, teacher_logits, targets, self.temperature, self.alpha, self.ignore_index)
         self.log("train/loss", loss, on_step=False, on_epoch=True)
         return loss
 
@@ -66,14 +75,19 @@ class DistillModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.student.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+        if self.scheduler_interval == "step":  # per-step schedules (warmup) need the run's length
+            scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        else:
+            scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
 
 def distill(ctx: CompressContext, student: Callable[[], nn.Module], temperature: float = 4.0, alpha: float = 0.9, epochs: int = 40,
             seeds: tuple[int, ...] = (0, 1, 2), lr: float | None = None, max_student_fraction: float = 0.2,
-            batch=xy_batch, ignore_index: int = -100) -> Compressed:
+            batch=xy_batch, ignore_index: int = -100, call: str = "forward") -> Compressed:
     """Train a fresh student (`student()`: a `_partial_` network config, built after seeding so each seed
-    starts from its own initialisation) once per seed, with the parent as teacher."""
+    starts from its own initialisation) once per seed, with the parent as teacher. `call` names the method
+    that gives logits for the batch's inputs (`logits` for translators, whose forward is greedy search)."""
     if temperature <= 0:
         raise ConfigError(f"compress.apply.temperature must be > 0, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
@@ -92,7 +106,8 @@ def distill(ctx: CompressContext, student: Callable[[], nn.Module], temperature:
                 f"teacher's {teacher_params}: shrink compress.apply.student"
             )
         optimizer, scheduler = ctx.optimizer_factories(epochs, lr)
-        module = DistillModule(net, teacher, temperature, alpha, optimizer, scheduler, batch, ignore_index)
+        module = DistillModule(net, teacher, temperature, alpha, optimizer, scheduler, batch, ignore_index, call,
+                               scheduler_interval=getattr(ctx.module, "scheduler_interval", "epoch"))
         ctx.fit(module, epochs)
         nets.append(net.eval())
     info = {"teacher_params": float(teacher_params), "student_fraction": count_parameters(nets[0]) / teacher_params,

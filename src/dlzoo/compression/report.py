@@ -21,7 +21,8 @@ from dlzoo.tracking import start_run
 log = logging.getLogger(__name__)
 
 COLUMNS = ["size_mb", "size_ratio", "num_params", "nonzero_params", "macs", "macs_ratio",
-           "latency_ms_b1", "latency_ms_b32", "speedup_b32", "compress_seconds"]
+           "latency_ms_b1", "latency_ms_b32", "speedup_b32",
+           "test/ms_per_sentence_greedy", "decode_speedup_greedy", "compress_seconds"]
 
 
 def collect(compressed_dir: str | Path, metric: str) -> pd.DataFrame:
@@ -42,9 +43,12 @@ def collect(compressed_dir: str | Path, metric: str) -> pd.DataFrame:
             row[f"{metric}_std"] = m[f"{metric}_std"]
         rows.append(row)
     for p in parents.values():
-        p["size_ratio"] = p["macs_ratio"] = p["speedup_b32"] = 1.0
+        for ratio in ("size_ratio", "macs_ratio", "speedup_b32", "decode_speedup_greedy"):
+            if any(r.get(ratio) is not None for r in rows):  # a parent is 1x of itself where ratios exist
+                p[ratio] = 1.0
         p["compress_seconds"] = None
     df = pd.DataFrame([*parents.values(), *rows])
+    df = df.dropna(axis="columns", how="all")  # e.g. MACs for translation, decoding speed for digits
     return df.sort_values(["family", "method"], key=lambda c: c.where(c != "-", "")).reset_index(drop=True)
 
 
@@ -89,8 +93,8 @@ def compress_report(cfg: DictConfig) -> dict:
     (out / "compression.md").write_text(markdown_table(df))
     files = [out / "compression.csv", out / "compression.md",
              plot_tradeoff(df, "size_mb", metric, out / "size_vs_metric.png", f"{task}: size on disk vs {metric}"),
-             plot_tradeoff(df, "latency_ms_b32", metric, out / "latency_vs_metric.png",
-                           f"{task}: CPU latency (batch 32) vs {metric}")]
+             plot_tradeoff(df, cfg.report.latency, metric, out / "latency_vs_metric.png",
+                           f"{task}: CPU latency ({cfg.report.latency}) vs {metric}")]
     total = float(df["compress_seconds"].fillna(0).sum())
     with start_run(cfg, "compress-report", run_name="compress-report", models=str(len(df))):
         import mlflow

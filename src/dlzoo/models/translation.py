@@ -141,6 +141,10 @@ class TranslationModule(FamilyModule):
         self._refs: list[str] = []
         self._tokens, self._t0 = 0, 0.0
 
+    def net_kwargs(self) -> dict[str, int]:
+        """What a new network of this family needs from the data (a distillation student, for one)."""
+        return {"src_vocab_size": len(self.src_vocab), "tgt_vocab_size": len(self.tgt_vocab)}
+
     def step(self, batch, split: str):
         src, tgt_in, tgt_out = batch
         logits = self.net.logits(src, tgt_in)
