@@ -141,5 +141,6 @@ def evaluate(module, datamodule, out_dir: str | Path, beam: int = 5, batch_size:
             src_row = torch.cat([test[i][0], torch.tensor([EOS])])
             ids, attention = greedy_with_attention(net, src_row)
             files.append(plot_attention(attention.float().numpy(), src_vocab.decode(src_row.tolist()) + ["</s>"],
-                                        tgt_vocab.decode(ids) + (["</s>"] if EOS in ids else []), out_dir / f"attention_{i}.png"))
+                                        tgt_vocab.decode(ids) + (["</s>"] if EOS in ids else []), out_dir / f"attention_{i}.png",
+                                        title=f"{type(net).__name__} attention, dev sentence {i}"))
     return metrics, files
