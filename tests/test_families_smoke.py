@@ -27,7 +27,13 @@ TINY_DATA = {"shapes": ["data.prepare.n_train=8", "data.prepare.n_val=4", "data.
              "enja": [f"data.prepare.raw_dir={RAW}/enja", "data.prepare.limit_train=2000", "data.prepare.n_val=200"]}
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+# One family per task runs by default; every stage of every family also runs in tests/test_pipeline_e2e.py
+# (`dvc repro` on smoke), so the rest are `slow` here (`make test-slow`) to keep the suite under 15 minutes.
+DEFAULT_SMOKE = {"binary-addition-rnn", "timeseries-sine-gru", "timeseries-sunspots-lstm", "digits-cnn", "digits-generative-vae",
+                 "segmentation-shapes-unet", "detection-shapes-yolo", "embeddings-en-skipgram", "translation-en-ja-seq2seq-attn"}
+
+
+@pytest.mark.parametrize("experiment", [e if e in DEFAULT_SMOKE else pytest.param(e, marks=pytest.mark.slow) for e in EXPERIMENTS])
 def test_smoke_fit_and_evaluate(experiment, workdir, make_cfg):
     cfg = make_cfg(f"experiment={experiment}", "profile=smoke")
     cfg = make_cfg(f"experiment={experiment}", "profile=smoke", "tracking.log_model=false", *TINY_DATA.get(cfg.data.name, []))
