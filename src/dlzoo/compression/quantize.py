@@ -42,19 +42,25 @@ def half(ctx: CompressContext, dtype: str = "float16") -> Compressed:
     return Compressed([Cast(ctx.parent(), DTYPES[dtype])], float_reference=ctx.parent())
 
 
-def dynamic_int8(ctx: CompressContext, modules: tuple[str, ...] = ("torch.nn.Linear", "torch.nn.LSTM", "torch.nn.GRU")) -> Compressed:
+def dynamic_int8(ctx: CompressContext, modules: tuple[str, ...] = ("torch.nn.Linear", "torch.nn.LSTM", "torch.nn.GRU"),
+                 embeddings: bool = False) -> Compressed:
     """int8 weights, activations quantised on the fly per batch: for Linear/recurrent-heavy networks
-    (Transformers, LSTMs), where the matrix multiplies dominate. Nothing to calibrate."""
-    classes = set()
+    (Transformers, LSTMs), where the matrix multiplies dominate. Nothing to calibrate. `embeddings`
+    also stores embedding tables as int8 rows (weight-only; a translator's vocabularies are a third of it)."""
+    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
+
+    qconfigs = {}
     for name in modules:
         try:
-            classes.add(get_class(name))
+            qconfigs[get_class(name)] = default_dynamic_qconfig
         except Exception:
             raise ConfigError(f"compress.apply.modules: {name!r} is not an importable class") from None
+    if embeddings:
+        qconfigs[nn.Embedding] = float_qparams_weight_only_qconfig
     net = ctx.parent().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(net, classes, dtype=torch.qint8)
+        quantized = torch.ao.quantization.quantize_dynamic(net, qconfigs, dtype=torch.qint8)
     info = {"quantized_modules": float(sum(_is_int8(m) for m in quantized.modules()))}
     return Compressed([quantized], info, float_reference=ctx.parent())
 

@@ -46,7 +46,8 @@ class Translator(nn.Module):
     @torch.jit.export
     def decode_step(self, last: Tensor, memory: Tensor, src_mask: Tensor, state: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probabilities of the token after `last` [B] -> ([B, V], new state, attention [B, S] if `need_weights`)."""
-        logits, state, attention = self.decode(last[:, None], memory, src_mask, state, need_weights)
+        # contiguous: int8 embedding kernels (dynamic quantisation) refuse strided index tensors
+        logits, state, attention = self.decode(last[:, None].contiguous(), memory, src_mask, state, need_weights)
         return F.log_softmax(logits[:, -1].float(), dim=-1), state, attention[:, -1]
 
     @torch.jit.export
