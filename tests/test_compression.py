@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 from conftest import CONF, mlflow_runs, prepare_data, run_entry
-from dlzoo.compression import distill, export_onnx, prune, quantize
+from dlzoo.compression import distill, export_onnx, prune, quantize, serialize
 from dlzoo.compression.compress import compress, for_profile, load_parent
 from dlzoo.compression.context import CompressContext
 from dlzoo.compression.measure import count_params, size_metrics, weight_sparsity
@@ -93,7 +93,7 @@ def test_static_int8_stage_records_tagged_run_and_metrics(trained, ctx_for):
     assert {"task", "family", "git_commit", "dvc_stage", "profile"} <= set(run["tags"])
     assert run["metrics"]["test/accuracy"] == pytest.approx(on_disk["test/accuracy"])
     out = Path(cfg.paths.compressed_dir)
-    assert (out / "model.pt").is_file() and json.loads((out / "summary.json").read_text())["method"] == "static-int8"
+    assert (out / "model.safetensors").is_file() and json.loads((out / "summary.json").read_text())["method"] == "static-int8"
 
     # a second model of the task, then the task's report: table + both trade-off plots, its own run
     compress(smoke("prune-structured"))
@@ -103,6 +103,71 @@ def test_static_int8_stage_records_tagged_run_and_metrics(trained, ctx_for):
     assert (plots / "size_vs_metric.png").is_file() and (plots / "latency_vs_metric.png").is_file()
     assert "static-int8" in (plots / "compression.md").read_text()
     assert any(r["name"] == "compress-report" and r["tags"]["stage"] == "compress-report" for r in mlflow_runs(root / "mlflow.db"))
+
+
+@pytest.mark.parametrize("weights", ["per_tensor", "per_channel"])
+def test_static_int8_weight_schemes_and_model_file_round_trip(ctx_for, tmp_path, weights):
+    ctx = ctx_for("static-int8")
+    first = quantize.static_int8(ctx, calibration_batches=2, weights=weights).nets[0]
+    conv_weight = next(m.weight() for m in first.modules() if type(m).__name__ == "ConvReLU2d")
+    per_tensor = conv_weight.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+    assert per_tensor == (weights == "per_tensor") and conv_weight.dtype == torch.qint8
+    path = serialize.save_model(first, tmp_path / "int8.safetensors")
+    assert path.stat().st_size == pytest.approx(size_metrics(first)["size_mb"] * 1e6)
+    # the same quantisation steps on another calibration give another network; loading the file restores the first
+    ctx.calibration_batches = lambda n: iter([ctx.example(4)])
+    other = quantize.static_int8(ctx, calibration_batches=1, weights=weights).nets[0]
+    x = ctx.example(32)[0]
+    assert not torch.equal(_logits(other, x), _logits(first, x))
+    assert torch.equal(_logits(serialize.load_model(other, path), x), _logits(first, x))
+    with pytest.raises(ConfigError, match="compress.apply.weights must be one of"):
+        quantize.static_int8(ctx, weights="per_row")
+
+
+def test_model_file_round_trips_dynamic_int8_embeddings_tied_and_half_weights(tmp_path):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.out = nn.Embedding(50, 16), nn.Linear(16, 50)
+            self.out.weight = self.embed.weight
+
+        def forward(self, tokens):
+            return self.out(self.embed(tokens))
+
+    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
+
+    def int8(net):
+        qconfigs = {nn.Embedding: float_qparams_weight_only_qconfig, nn.Linear: default_dynamic_qconfig}
+        return torch.ao.quantization.quantize_dynamic(net, qconfigs, dtype=torch.qint8)
+
+    torch.manual_seed(0)
+    tied, tokens = Tied(), torch.randint(0, 50, (3, 7))
+    float_file = serialize.save_model(tied, tmp_path / "float.safetensors")
+    assert float_file.stat().st_size < 50 * 16 * 4 + 50 * 4 + 2000  # the tied matrix is stored once
+    assert torch.equal(serialize.load_model(Tied(), float_file)(tokens), tied(tokens))
+    quantized = int8(tied)
+    loaded = serialize.load_model(int8(Tied()), serialize.save_model(quantized, tmp_path / "int8.safetensors"))
+    assert torch.equal(loaded(tokens), quantized(tokens))
+    half = Tied().to(torch.bfloat16)
+    loaded = serialize.load_model(Tied().to(torch.bfloat16), serialize.save_model(half, tmp_path / "bf16.safetensors"))
+    assert torch.equal(loaded(tokens), half(tokens))
+
+
+def test_model_file_bad_input_is_a_clear_error(tmp_path):
+    net = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(CheckpointError, match="no model file"):
+        serialize.load_model(net, tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model at all")
+    with pytest.raises(CheckpointError, match="not a safetensors model file"):
+        serialize.load_model(net, tmp_path / "junk.safetensors")
+    path = serialize.save_model(nn.Sequential(nn.Linear(4, 5)), tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="does not fit this network"):
+        serialize.load_model(net, path)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))  # a safetensors file from elsewhere
+    with pytest.raises(CheckpointError, match="not a dlzoo model file"):
+        serialize.load_model(net, tmp_path / "plain.safetensors")
 
 
 def test_qat_int8_trains_fake_quantised_then_converts(ctx_for):

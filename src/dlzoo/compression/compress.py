@@ -26,11 +26,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dlzoo.compression import export_onnx
 from dlzoo.compression.context import CompressContext, Compressed, first_input
-from dlzoo.compression.measure import save_weights, size_metrics
+from dlzoo.compression.measure import size_metrics
+from dlzoo.compression.serialize import save_model
 from dlzoo.config import build, require_keys
 from dlzoo.data.common import read_json, write_json
 from dlzoo.errors import CheckpointError, ExportError
-from dlzoo.evaluation.evaluate import load_checkpoint
+from dlzoo.evaluation.evaluate import load_trained_module
 from dlzoo.evaluation.profiling import count_macs, cpu_latency_ms
 from dlzoo.tracking import flat_params, start_run
 
@@ -50,16 +51,7 @@ def for_profile(cfg: DictConfig) -> DictConfig:
 
 def load_parent(cfg: DictConfig):
     """The parent family's LightningModule with its trained weights (checkpoint checked for task/family)."""
-    ckpt_path = cfg.get("checkpoint_path") or Path(cfg.paths.model_dir) / "best.ckpt"
-    checkpoint = load_checkpoint(ckpt_path, cfg.task, cfg.family)
-    module = build(cfg.model, "model")
-    try:
-        module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{ckpt_path} does not fit the configured model (was the model config changed after training?): {str(exc)[:300]}"
-        ) from None
-    return module.eval(), str(ckpt_path)
+    return load_trained_module(cfg)
 
 
 def compress(cfg: DictConfig) -> dict:
@@ -107,7 +99,7 @@ def _compress(cfg: DictConfig) -> dict:
         metrics.update(onnx_metrics)
         if onnx_metrics:
             files.append(out_dir / "model.onnx")
-    files.append(save_weights(result.nets[0], out_dir / "model.pt"))
+    files.append(save_model(result.nets[0], out_dir / "model.safetensors"))
     seconds = time.perf_counter() - started
 
     summary_path = Path(cfg.paths.model_dir) / "train_summary.json"

@@ -1,37 +1,33 @@
 """What a compressed model costs on disk and in parameters, measured the same way for every method.
 
-`size_mb` is the size of `torch.save(model.state_dict())` (decimal MB): what one would ship for the
-weights. Unstructured pruning leaves that dense file as large as before, so `size_mb_gzip` (the same
-bytes deflated) shows what the zeros are worth in storage.
+`size_mb` is the size of the model file the compress stage writes (decimal MB): the weights as one
+safetensors file (serialize.py), what one would ship. `size_mb_torch_save` is the same state_dict
+through `torch.save`, whose per-tensor container overhead is kept for comparison. Unstructured pruning
+leaves the dense file as large as before, so `size_mb_gzip` (the safetensors bytes deflated) shows what
+the zeros are worth in storage.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from dlzoo.compression.serialize import model_bytes
 
-def state_dict_bytes(model: nn.Module) -> bytes:
+
+def torch_save_bytes(model: nn.Module) -> bytes:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getvalue()
 
 
-def save_weights(model: nn.Module, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(state_dict_bytes(model))
-    return path
-
-
 def _weights(model: nn.Module) -> list[torch.Tensor]:
     """Every weight tensor, float or int8: a quantised layer keeps its packed weight outside parameters()
     and exposes it (and its bias) through `weight()` / `bias()` methods."""
-    tensors = []
+    tensors, seen = [], set()
     for module in model.modules():
         if callable(getattr(module, "weight", None)):
             weight = module.weight()
@@ -40,7 +36,13 @@ def _weights(model: nn.Module) -> list[torch.Tensor]:
             if bias is not None:
                 tensors.append(bias.detach())
         tensors += [p.detach() for p in module.parameters(recurse=False)]
-    return tensors
+    unique = []
+    for t in tensors:  # tied weights (a translator's embedding = its output layer) count once
+        key = (t.data_ptr(), tuple(t.shape))
+        if t.numel() and key not in seen:
+            seen.add(key)
+            unique.append(t)
+    return unique
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -62,11 +64,12 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def size_metrics(model: nn.Module) -> dict[str, float]:
-    raw = state_dict_bytes(model)
+    raw = model_bytes(model)
     n_params, n_nonzero = count_params(model)
     return {
         "size_mb": len(raw) / 1e6,
         "size_mb_gzip": len(gzip.compress(raw, compresslevel=6, mtime=0)) / 1e6,
+        "size_mb_torch_save": len(torch_save_bytes(model)) / 1e6,
         "num_params": n_params,
         "nonzero_params": n_nonzero,
     }

@@ -43,13 +43,11 @@ def load_checkpoint(path: str | Path, task: str, family: str) -> dict:
     return checkpoint
 
 
-def evaluate(cfg: DictConfig) -> dict:
-    require_keys(cfg, "task", "family", "data.module", "evaluator", "model")
-    model_dir = Path(cfg.paths.model_dir)
-    ckpt_path = cfg.get("checkpoint_path") or model_dir / "best.ckpt"
+def load_trained_module(cfg: DictConfig):
+    """(the family's LightningModule with its trained weights, checkpoint path): `cfg.checkpoint_path` or the
+    train stage's best.ckpt, checked to hold this task/family and to fit the configured model."""
+    ckpt_path = cfg.get("checkpoint_path") or Path(cfg.paths.model_dir) / "best.ckpt"
     checkpoint = load_checkpoint(ckpt_path, cfg.task, cfg.family)
-
-    datamodule = build(cfg.data.module, "data.module")
     model = build(cfg.model, "model")
     try:
         model.load_state_dict(checkpoint["state_dict"])
@@ -57,6 +55,14 @@ def evaluate(cfg: DictConfig) -> dict:
         raise CheckpointError(
             f"{ckpt_path} does not fit the configured model (was the model config changed after training?): {str(exc)[:300]}"
         ) from None
+    return model.eval(), str(ckpt_path)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    require_keys(cfg, "task", "family", "data.module", "evaluator", "model")
+    model_dir = Path(cfg.paths.model_dir)
+    model, ckpt_path = load_trained_module(cfg)
+    datamodule = build(cfg.data.module, "data.module")
     evaluator = build(cfg.evaluator, "evaluator")
     reports_dir = Path(cfg.paths.reports_dir)
     metrics, files = evaluator(model, datamodule, reports_dir)
