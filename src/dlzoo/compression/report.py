@@ -20,7 +20,7 @@ from dlzoo.tracking import start_run
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["size_mb", "size_ratio", "num_params", "nonzero_params", "macs", "macs_ratio",
+COLUMNS = ["size_mb", "size_ratio", "size_mb_torch_save", "num_params", "nonzero_params", "macs", "macs_ratio",
            "latency_ms_b1", "latency_ms_b32", "speedup_b32",
            "test/ms_per_sentence_greedy", "decode_speedup_greedy", "compress_seconds"]
 
