@@ -97,9 +97,7 @@ def encode(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         spec = encoder.encode(key, value)
         if spec != ["tensor"]:
             layout[key] = spec
-    # per-module format versions: quantised modules read older layouts differently without them
-    versions = {prefix: meta["version"] for prefix, meta in getattr(state_dict, "_metadata", {}).items() if "version" in meta}
-    header = {"version": FORMAT_VERSION, "entries": layout, "module_versions": versions}
+    header = {"version": FORMAT_VERSION, "torch": torch.__version__.split("+")[0], "entries": layout}
     return encoder.tensors, {LAYOUT_KEY: json.dumps(header, separators=(",", ":"))}
 
 
@@ -141,8 +139,11 @@ def _decode(key: str, spec: list, tensors: dict):
     raise CheckpointError(f"unknown entry kind {kind!r} for {key!r}: written by a newer dlzoo?")
 
 
-def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> dict:
-    """(tensors, metadata) written by `encode` -> the original state_dict."""
+def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None, module_versions=None) -> dict:
+    """(tensors, metadata) written by `encode` -> the original state_dict. `module_versions` is the
+    target network's `state_dict()._metadata`: quantised modules read a state_dict without their format
+    version as an older layout, and a network of the same structure has the same versions, so the file
+    need not carry them."""
     if not metadata or LAYOUT_KEY not in metadata:
         raise CheckpointError("not a dlzoo model file: its safetensors header has no dlzoo layout")
     layout = json.loads(metadata[LAYOUT_KEY])
@@ -151,8 +152,8 @@ def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) ->
     decoded: OrderedDict = OrderedDict((key, value) for key, value in tensors.items() if "#" not in key)
     for key, spec in layout["entries"].items():
         decoded[key] = _decode(key, spec, tensors)
-    # what load_state_dict reads module versions from
-    decoded._metadata = OrderedDict((prefix, {"version": v}) for prefix, v in layout.get("module_versions", {}).items())
+    if module_versions is not None:
+        decoded._metadata = module_versions  # where load_state_dict looks for them
     return decoded
 
 
@@ -185,7 +186,7 @@ def load_model(model: nn.Module, path: str | Path) -> nn.Module:
     except Exception:  # a bad length or JSON, or safetensors' own SafetensorError on a truncated file
         raise CheckpointError(f"{path} is not a safetensors model file (unreadable header or truncated)") from None
     try:
-        model.load_state_dict(decode(tensors, metadata))
+        model.load_state_dict(decode(tensors, metadata, getattr(model.state_dict(), "_metadata", None)))
     except (RuntimeError, KeyError) as exc:  # quantised modules raise KeyError for a float layout
         raise CheckpointError(f"{path} does not fit this network: {str(exc)[:300]}") from None
     return model

@@ -6,6 +6,7 @@ counts grouped/depthwise convolutions by their real weight shape.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -29,8 +30,13 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 @torch.no_grad()
 def cpu_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 10, threads: int = 1) -> float:
-    """Median wall time of one forward pass, after warm-up, with a fixed intra-op thread count."""
-    model.eval()
+    """Median wall time of one forward pass, after warm-up, with a fixed intra-op thread count.
+
+    Timed on a fresh copy of `model`: int8 convolutions on the x86 backend (oneDNN) keep one cached kernel,
+    built for the first input shape and thread count they see, and rebuild it on every call that differs.
+    A model already run at another batch size (an evaluation loop) would otherwise be timed on that slow
+    path; a deployment serving a fixed batch size runs the cached one."""
+    model = copy.deepcopy(model).eval()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
