@@ -257,6 +257,17 @@ def test_onnx_float_export_matches_pytorch_on_test_split(ctx_for, tmp_path):
     assert checked["onnx/max_abs_diff"] < 1e-4
 
 
+def test_onnx_int8_export_matches_within_output_steps(ctx_for, tmp_path):
+    ctx = ctx_for("static-int8")
+    int8 = quantize.static_int8(ctx, calibration_batches=2, weights="per_tensor").nets[0]
+    path = export_onnx.export(int8, ctx.example(1), tmp_path / "int8.onnx")
+    checked = export_onnx.check(path, int8, (ctx.inputs(b) for b in ctx.datamodule.test_dataloader()), atol=None, atol_steps=3)
+    head_scale = float(int8.state_dict()["head.3.scale"])  # the int8 output grid the tolerance is counted in
+    assert checked["onnx/output_step"] == pytest.approx(head_scale, rel=1e-4)
+    assert checked["onnx/atol"] == pytest.approx(3 * head_scale, rel=1e-4)
+    assert checked["onnx/within_atol"] == 1.0 and checked["onnx/argmax_agreement"] > 0.95
+
+
 def test_onnx_export_failure_names_the_operator(ctx_for, tmp_path):
     ctx = ctx_for("dynamic-int8")
     int8 = quantize.dynamic_int8(ctx).nets[0]  # dynamic int8 Linear has no ONNX translation

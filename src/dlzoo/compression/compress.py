@@ -181,7 +181,8 @@ def _export_onnx(net, ctx: CompressContext, path: Path, onnx_cfg: DictConfig) ->
     int8 operator without an ONNX translation) the reason is recorded; with `onnx.required` it is an error."""
     try:
         export_onnx.export(net, ctx.example(1), path)
-        checked = export_onnx.check(path, net, (ctx.inputs(b) for b in ctx.datamodule.test_dataloader()), onnx_cfg.atol)
+        checked = export_onnx.check(path, net, (ctx.inputs(b) for b in ctx.datamodule.test_dataloader()),
+                                    onnx_cfg.get("atol"), onnx_cfg.get("atol_steps"))
     except ExportError as exc:
         path.unlink(missing_ok=True)
         if onnx_cfg.required:
@@ -189,7 +190,7 @@ def _export_onnx(net, ctx: CompressContext, path: Path, onnx_cfg: DictConfig) ->
         log.warning("no ONNX model: %s", exc)
         return f"failed: {exc}", {}
     if not checked["onnx/within_atol"]:
-        message = (f"ONNX outputs differ from PyTorch by up to {checked['onnx/max_abs_diff']:.3g} > atol {onnx_cfg.atol:g} "
+        message = (f"ONNX outputs differ from PyTorch by up to {checked['onnx/max_abs_diff']:.3g} > atol {checked['onnx/atol']:.3g} "
                    f"on the test split (same class for {checked['onnx/argmax_agreement']:.2%})")
         if onnx_cfg.required:
             raise ExportError(message)
