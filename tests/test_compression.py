@@ -141,7 +141,7 @@ def test_model_file_round_trips_dynamic_int8_embeddings_tied_and_half_weights(tm
         return torch.ao.quantization.quantize_dynamic(net, qconfigs, dtype=torch.qint8)
 
     torch.manual_seed(0)
-    tied, tokens = Tied(), torch.randint(0, 50, (3, 7))
+    tied, tokens = Tied(), torch.arange(50).reshape(5, 10)  # every embedding row
     float_file = serialize.save_model(tied, tmp_path / "float.safetensors")
     assert float_file.stat().st_size < 50 * 16 * 4 + 50 * 4 + 2000  # the tied matrix is stored once
     assert torch.equal(serialize.load_model(Tied(), float_file)(tokens), tied(tokens))
@@ -168,11 +168,21 @@ def test_model_file_bad_input_is_a_clear_error(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))  # a safetensors file from elsewhere
     with pytest.raises(CheckpointError, match="not a dlzoo model file"):
         serialize.load_model(net, tmp_path / "plain.safetensors")
+    tensors, metadata = serialize.encode(net.state_dict())
+    layout = json.loads(metadata[serialize.LAYOUT_KEY])
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={serialize.LAYOUT_KEY: json.dumps({**layout, "torch": "1.13.1"})})
+    with pytest.raises(CheckpointError, match="written by torch 1.13.1"):
+        serialize.load_model(net, tmp_path / "old.safetensors")
+    layout["entries"]["0.bias"] = ["q", "torch.qint8", "torch.per_tensor_affine", 0.1, 0]  # points at no tensor
+    del tensors["0.bias"]
+    save_file(tensors, str(tmp_path / "corrupt.safetensors"), metadata={serialize.LAYOUT_KEY: json.dumps(layout)})
+    with pytest.raises(CheckpointError, match="corrupt or from an unsupported writer"):
+        serialize.load_model(net, tmp_path / "corrupt.safetensors")
 
 
 def test_qat_int8_trains_fake_quantised_then_converts(ctx_for):
     ctx = ctx_for("qat-int8")
-    result = quantize.qat_int8(ctx, epochs=1)
+    result = quantize.qat_int8(ctx, epochs=1, weights="per_tensor")  # as conf/compress/qat-int8.yaml
     assert result.info["quantized_modules"] >= 6
     x = ctx.example(8)[0]
     assert (_logits(result.nets[0], x).argmax(1) == _logits(ctx.net, x).argmax(1)).float().mean() > 0.5

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlzoo.errors import ExportError
+from dlzoo.errors import ConfigError, ExportError
 
 OPSET = 17
 
@@ -61,9 +61,12 @@ def check(path: str | Path, net: nn.Module, batches, atol: float | None, atol_st
 
     Returns the largest absolute difference and, for logits, how often both pick the same class. The
     tolerance is `atol`, or for an int8 network `atol_steps` steps of its output scale: two int8 runtimes
-    round each intermediate requantisation their own way, and the outputs move by whole steps."""
+    round each intermediate requantisation their own way, and the outputs move by whole steps. With both
+    set, `atol_steps` wins."""
     import onnxruntime as ort
 
+    if atol is None and not atol_steps:
+        raise ConfigError("no ONNX tolerance: set compress.onnx.atol or compress.onnx.atol_steps")
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -85,8 +88,6 @@ def check(path: str | Path, net: nn.Module, batches, atol: float | None, atol_st
         step = output_step(np.concatenate(outputs))
         result["onnx/output_step"], result["onnx/max_diff_steps"] = step, max_diff / step if step else float("inf")
         atol = atol_steps * step * (1 + 1e-4)  # whole steps, measured on float32 values: a little slack
-    if atol is None:
-        raise ExportError("no ONNX tolerance: set compress.onnx.atol or compress.onnx.atol_steps")
     result["onnx/atol"] = float(atol)
     result["onnx/within_atol"] = float(max_diff <= atol)
     return result

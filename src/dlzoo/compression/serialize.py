@@ -55,7 +55,9 @@ class _Encoder:
 
     def __init__(self):
         self.tensors: dict[str, torch.Tensor] = {}
-        self.stored: dict[tuple, str] = {}  # (data_ptr, dtype, shape, stride) -> key
+        # (data_ptr, dtype, shape, stride) of the caller's tensor -> (key, tensor): the reference keeps the
+        # address from being reused by another tensor while the state_dict is encoded
+        self.stored: dict[tuple, tuple[str, torch.Tensor]] = {}
 
     def encode(self, key: str, value) -> list:
         if value is None:
@@ -68,8 +70,12 @@ class _Encoder:
             return ["py", value]
         if not torch.is_tensor(value):
             raise TypeError(f"cannot store state_dict entry {key!r} of type {type(value).__name__}")
-        value = value.detach().cpu()
+        original, value = value, value.detach().cpu()
         if value.is_quantized:
+            if str(value.dtype) not in QDTYPES:
+                raise TypeError(f"cannot store {key!r}: quantised dtype {value.dtype} is not supported ({sorted(QDTYPES)})")
+            if value.qscheme() == torch.per_channel_affine_float_qparams and value.q_per_channel_axis() != 0:
+                raise TypeError(f"cannot store {key!r}: float-qparams tensors are supported along axis 0 only")
             self.tensors[key] = value.int_repr().contiguous()
             if value.qscheme() in PER_TENSOR:
                 return ["q", str(value.dtype), str(value.qscheme()), value.q_scale(), value.q_zero_point()]
@@ -79,10 +85,10 @@ class _Encoder:
             return ["qc", str(value.dtype), str(value.qscheme()), value.q_per_channel_axis(), str(scales.dtype), str(zero_points.dtype)]
         if value.numel() == 1 and value.dtype in (torch.float32, torch.float64, torch.int64, torch.int32):
             return ["scalar", value.item(), str(value.dtype), list(value.shape)]
-        identity = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        identity = (original.data_ptr(), original.device, value.dtype, tuple(value.shape), original.stride())
         if value.numel() and identity in self.stored:
-            return ["alias", self.stored[identity]]
-        self.stored[identity] = key
+            return ["alias", self.stored[identity][0]]
+        self.stored[identity] = (key, original)
         self.tensors[key] = value.contiguous()
         return ["tensor"]
 
@@ -129,10 +135,8 @@ def _decode(key: str, spec: list, tensors: dict):
         zero_points = tensors[f"{key}#zero_points"].to(DTYPES[zero_points_dtype])
         if QSCHEMES[qscheme] == torch.per_channel_affine_float_qparams:
             # float zero points (int8 embedding rows): only quantize_per_channel takes them; re-quantising
-            # the dequantised values with the same parameters gives back the same integers
-            shape = (-1, *[1] * (values.dim() - 1)) if axis == 0 else None
-            if shape is None:
-                raise CheckpointError(f"{key!r}: float-qparams tensors are expected to be quantised along axis 0")
+            # the dequantised values with the same parameters gives back the same integers (axis 0 only)
+            shape = (-1, *[1] * (values.dim() - 1))
             dequantised = (values.float() - zero_points.reshape(shape)) * scales.reshape(shape)
             return torch.quantize_per_channel(dequantised, scales, zero_points, axis, QDTYPES[dtype])
         return torch._make_per_channel_quantized_tensor(values, scales, zero_points, axis)
@@ -185,8 +189,27 @@ def load_model(model: nn.Module, path: str | Path) -> nn.Module:
         tensors = st_load(raw)
     except Exception:  # a bad length or JSON, or safetensors' own SafetensorError on a truncated file
         raise CheckpointError(f"{path} is not a safetensors model file (unreadable header or truncated)") from None
+    _check_torch_version(path, metadata)
     try:
-        model.load_state_dict(decode(tensors, metadata, getattr(model.state_dict(), "_metadata", None)))
+        state_dict = decode(tensors, metadata, getattr(model.state_dict(), "_metadata", None))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a layout entry that points at a missing tensor, an unknown dtype, a bad shape
+        raise CheckpointError(f"{path} is corrupt or from an unsupported writer ({type(exc).__name__}: {str(exc)[:200]})") from None
+    try:
+        model.load_state_dict(state_dict)
     except (RuntimeError, KeyError) as exc:  # quantised modules raise KeyError for a float layout
         raise CheckpointError(f"{path} does not fit this network: {str(exc)[:300]}") from None
     return model
+
+
+def _check_torch_version(path: Path, metadata: dict | None) -> None:
+    """Quantised modules version their state_dict layout; the file does not carry those versions (the
+    target network has them), so it must come from the same torch release line."""
+    if not metadata or LAYOUT_KEY not in metadata:
+        return  # decode() names the problem
+    written = str(json.loads(metadata[LAYOUT_KEY]).get("torch", ""))
+    running = torch.__version__.split("+")[0]
+    if written.split(".")[:2] != running.split(".")[:2]:
+        raise CheckpointError(f"{path} was written by torch {written or '?'}, this is torch {running}: "
+                              "re-run its compress stage to rewrite it")
