@@ -30,7 +30,7 @@ from dlzoo.compression.measure import size_metrics
 from dlzoo.compression.serialize import save_model
 from dlzoo.config import build, require_keys
 from dlzoo.data.common import read_json, write_json
-from dlzoo.errors import CheckpointError, ExportError
+from dlzoo.errors import ExportError
 from dlzoo.evaluation.evaluate import load_trained_module
 from dlzoo.evaluation.profiling import count_macs, cpu_latency_ms
 from dlzoo.tracking import flat_params, start_run
