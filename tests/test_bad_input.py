@@ -5,7 +5,8 @@ import torch
 
 from conftest import mlflow_runs, prepare_data, run_entry, sqlite_ok
 from dlzoo.errors import CheckpointError, ConfigError, DataError
-from dlzoo.evaluation.evaluate import evaluate, load_checkpoint
+from dlzoo.checkpoints import load_checkpoint
+from dlzoo.evaluation.evaluate import evaluate
 from dlzoo.training.train import train
 from dlzoo.training.trainer import check_trainer_config
 

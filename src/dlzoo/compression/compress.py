@@ -29,9 +29,9 @@ from dlzoo.compression.context import CompressContext, Compressed, first_input
 from dlzoo.compression.measure import size_metrics
 from dlzoo.compression.serialize import save_model
 from dlzoo.config import build, require_keys
-from dlzoo.data.common import read_json, write_json
+from dlzoo.io import read_json, write_json
 from dlzoo.errors import ExportError
-from dlzoo.evaluation.evaluate import load_trained_module
+from dlzoo.checkpoints import load_trained_module
 from dlzoo.evaluation.profiling import count_macs, cpu_latency_ms
 from dlzoo.tracking import flat_params, start_run
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from dlzoo.compression.context import CompressContext, Compressed
 from dlzoo.errors import ConfigError
-from dlzoo.evaluation.profiling import count_parameters
+from dlzoo.models import count_parameters
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,

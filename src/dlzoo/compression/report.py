@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from dlzoo.data.common import read_json, write_json
+from dlzoo.io import read_json, write_json
 from dlzoo.errors import DataError
-from dlzoo.evaluation.plots import _save, plt
+from dlzoo.plotting import plt, save_figure
 from dlzoo.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def plot_tradeoff(df: pd.DataFrame, x: str, metric: str, path: Path, title: str)
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, title="parent (star)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def compress_report(cfg: DictConfig) -> dict:

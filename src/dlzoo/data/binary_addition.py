@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from dlzoo.data.common import SplitDataModule, read_json, require_prepared, write_json
+from dlzoo.data.common import SplitDataModule, require_prepared
+from dlzoo.io import read_json, write_json
 from dlzoo.errors import ConfigError
 
 SPLITS = ("train", "val", "test")

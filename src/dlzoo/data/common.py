@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -29,19 +28,6 @@ def require_raw(path: str | Path) -> Path:
     if not path.exists():
         raise DataError(f"raw data {path} is missing: run `dvc pull` (or `make data`) to restore data/")
     return path
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Write `obj` as pretty JSON, atomically (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
 
 
 class SplitDataModule(L.LightningDataModule):

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from dlzoo.data.common import SplitDataModule, require_prepared, write_json
+from dlzoo.data.common import SplitDataModule, require_prepared
+from dlzoo.io import write_json
 from dlzoo.errors import ConfigError
 
 SPLITS = ("train", "val", "test")

@@ -37,7 +37,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Sampler
 
-from dlzoo.data.common import SplitDataModule, require_prepared, require_raw, write_json
+from dlzoo.data.common import SplitDataModule, require_prepared, require_raw
+from dlzoo.io import write_json
 from dlzoo.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,8 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_convert, box_iou
 
-from dlzoo.data.common import SplitDataModule, require_prepared, write_json
+from dlzoo.data.common import SplitDataModule, require_prepared
+from dlzoo.io import write_json
 from dlzoo.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")

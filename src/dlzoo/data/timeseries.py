@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-from dlzoo.data.common import SplitDataModule, require_prepared, write_json
+from dlzoo.data.common import SplitDataModule, require_prepared
+from dlzoo.io import write_json
 from dlzoo.errors import ConfigError, DataError
 
 

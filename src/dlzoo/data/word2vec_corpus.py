@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from dlzoo.data.common import SplitDataModule, read_json, require_prepared, require_raw, write_json
+from dlzoo.data.common import SplitDataModule, require_prepared, require_raw
+from dlzoo.io import read_json, write_json
 from dlzoo.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from dlzoo.config import build, require_keys
-from dlzoo.data.common import write_json
+from dlzoo.io import write_json
 from dlzoo.evaluation.forecasting import baseline_forecasts, regression_metrics
 from dlzoo.tracking import start_run
 

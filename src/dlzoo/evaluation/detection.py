@@ -13,7 +13,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert, box_iou
 
-from dlzoo.evaluation.plots import _save, plt
+from dlzoo.plotting import plt, save_figure
 
 
 def coco_box_iou(a_xywh: torch.Tensor, b_xywh: torch.Tensor) -> torch.Tensor:
@@ -77,4 +77,4 @@ def plot_detections(images, preds, targets, names, path, score_threshold: float 
             ax.text(x0, y0 - 1, f"{names[label] if label < len(names) else label} {score:.2f}", color="white",
                     fontsize=6, va="bottom", bbox=dict(fc="red", ec="none", pad=0.5, alpha=0.8))
     fig.suptitle(f"{title}\ngreen dashed: ground truth, red: predicted (score >= {score_threshold})", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from dlzoo.data.common import write_json
+from dlzoo.io import write_json
 from dlzoo.data.word2vec_corpus import load_sentences
-from dlzoo.evaluation.plots import _save
+from dlzoo.plotting import save_figure
 from dlzoo.models.word2vec import vectors
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def plot_neighbour_map(kv_by_name: dict, groups: dict[str, dict], path: Path, ti
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def evaluate(module, datamodule, out_dir: str | Path, reference: dict, runs: int = 3, workers: int = 1, seed: int = 0,

@@ -12,50 +12,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from dlzoo.checkpoints import load_trained_module
 from dlzoo.config import build, require_keys
-from dlzoo.data.common import read_json, write_json
-from dlzoo.errors import CheckpointError
-from dlzoo.evaluation.profiling import count_parameters
+from dlzoo.io import read_json, write_json
+from dlzoo.models import count_parameters
 from dlzoo.tracking import flat_params, start_run
-from dlzoo.training.callbacks import CHECKPOINT_KEY
 
 log = logging.getLogger(__name__)
-
-
-def load_checkpoint(path: str | Path, task: str, family: str) -> dict:
-    """Read a Lightning checkpoint written by dlzoo for this task and family, or say why not."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: train it first (`dvc repro train@{task}-{family}`)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated/foreign files
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    meta = checkpoint.get(CHECKPOINT_KEY)
-    if meta is None:
-        raise CheckpointError(f"{path} was not written by dlzoo's trainer (no '{CHECKPOINT_KEY}' stamp)")
-    if (meta.get("task"), meta.get("family")) != (task, family):
-        raise CheckpointError(
-            f"{path} holds a {meta.get('task')}/{meta.get('family')} model, not {task}/{family}"
-        )
-    return checkpoint
-
-
-def load_trained_module(cfg: DictConfig):
-    """(the family's LightningModule with its trained weights, checkpoint path): `cfg.checkpoint_path` or the
-    train stage's best.ckpt, checked to hold this task/family and to fit the configured model."""
-    ckpt_path = cfg.get("checkpoint_path") or Path(cfg.paths.model_dir) / "best.ckpt"
-    checkpoint = load_checkpoint(ckpt_path, cfg.task, cfg.family)
-    model = build(cfg.model, "model")
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{ckpt_path} does not fit the configured model (was the model config changed after training?): {str(exc)[:300]}"
-        ) from None
-    return model.eval(), str(ckpt_path)
 
 
 def evaluate(cfg: DictConfig) -> dict:

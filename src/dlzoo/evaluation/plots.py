@@ -4,38 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on servers or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_learning_curves(history_csv: str | Path, path: str | Path, title: str = "") -> Path:
-    """One panel per metric name (loss, accuracy, ...), train and val curves against epoch."""
-    df = pd.read_csv(history_csv)
-    names = sorted({c.split("/", 1)[1] for c in df.columns if "/" in c and not c.endswith("grad_norm")})
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.5 * max(len(names), 1), 3.5), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for split in ("train", "val"):
-            col = f"{split}/{name}"
-            if col in df:
-                ax.plot(df["epoch"], df[col], marker=".", label=split)
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    return _save(fig, path)
+from dlzoo.plotting import plt, save_figure
 
 
 def plot_forecast(t, truth, predictions: dict, path: str | Path, title: str = "", history=None) -> Path:
@@ -49,7 +18,7 @@ def plot_forecast(t, truth, predictions: dict, path: str | Path, title: str = ""
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bar(labels, values, path: str | Path, title: str = "", ylabel: str = "", ylim=None) -> Path:
@@ -61,7 +30,7 @@ def plot_bar(labels, values, path: str | Path, title: str = "", ylabel: str = ""
     if ylim:
         ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(confusion, path: str | Path, labels=None, title: str = "") -> Path:
@@ -81,7 +50,7 @@ def plot_confusion_matrix(confusion, path: str | Path, labels=None, title: str =
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_image_grid(images, titles, path: str | Path, cols: int = 8, cmap: str = "gray_r") -> Path:
@@ -94,7 +63,7 @@ def plot_image_grid(images, titles, path: str | Path, cols: int = 8, cmap: str =
     for ax, image, title in zip(axes.flat, images, titles):
         ax.imshow(image, cmap=cmap, vmin=0, vmax=1)
         ax.set_title(title, fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latent_map(latents, labels, path: str | Path, title: str = "posterior means of the test set") -> Path:
@@ -111,7 +80,7 @@ def plot_latent_map(latents, labels, path: str | Path, title: str = "posterior m
     scatter = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=8)
     ax.legend(*scatter.legend_elements(), fontsize=7, title="digit", loc="best")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _japanese_font() -> str | None:
@@ -140,4 +109,4 @@ def plot_attention(weights, source_tokens, target_tokens, path: str | Path, titl
     ax.set_xlabel("source")
     ax.set_ylabel("translation")
     ax.set_title(title or "attention")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -9,7 +9,8 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 
-CHECKPOINT_KEY = "dlzoo"
+from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
+
 
 
 class EpochHistory(L.Callback):
@@ -39,7 +40,7 @@ class CheckpointStamp(L.Callback):
     """Writes task/family/config into every checkpoint so evaluate can refuse a foreign one."""
 
     def __init__(self, task: str, family: str, experiment: str) -> None:
-        self.meta = {"task": task, "family": family, "experiment": experiment}
+        self.meta = stamp(task, family, experiment)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = dict(self.meta)

@@ -13,9 +13,9 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.config import build, require_keys
-from dlzoo.data.common import write_json
-from dlzoo.evaluation.plots import plot_learning_curves
-from dlzoo.evaluation.profiling import count_parameters
+from dlzoo.io import write_json
+from dlzoo.plotting import plot_learning_curves
+from dlzoo.models import count_parameters
 from dlzoo.tracking import artifact_location, flat_params, resolve_tracking_uri, run_tags
 from dlzoo.training.callbacks import CheckpointStamp, EpochHistory
 from dlzoo.training.trainer import build_trainer, check_trainer_config
