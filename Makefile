@@ -1,43 +1,64 @@
 # dlzoo: `make repro` runs the whole pipeline, `make test` the test suite; both bootstrap
-# .venv and the DVC-tracked raw data on a fresh clone.
+# .venv and the DVC-tracked raw data on a fresh clone, and need nothing activated.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+BIN := $(abspath $(VENV)/bin)
+# The stamp names pyproject.toml's content, not its age: a fresh clone (new mtimes) of an unchanged
+# pyproject.toml finds its environment up to date, and any edit to it reinstalls.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# make repro PROFILE=smoke: the whole pipeline at smoke size (a DVC experiment with profile=smoke)
+PROFILE ?=
+# Every stage command calls `python`: with the venv first on PATH it is the venv's, activated or not;
+# PYTHONPATH makes it import this tree's src/ whichever checkout the venv was installed from.
+RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" PYTHONPATH="$(CURDIR)/src"
 
-.PHONY: help venv data repro test test-slow ui clean
+.PHONY: help venv data repro stages results test test-slow ui clean
 help:
-	@echo "make repro       bootstrap .venv + data, then run the DVC pipeline (dvc repro)"
-	@echo "make test        bootstrap, then run the default test suite (pytest, not slow)"
-	@echo "make test-slow   the slow tests too (long end-to-end runs)"
-	@echo "make ui          MLflow UI for mlflow.db on http://$(HOST):$(PORT)"
+	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; ~2 h on 2 cores)"
+	@echo "make repro PROFILE=smoke the same pipeline at smoke size (minutes): try this first"
+	@echo "make test               bootstrap, then run the default test suite (pytest, not slow)"
+	@echo "make test-slow          the slow tests too (long end-to-end runs)"
+	@echo "make stages             regenerate dvc.yaml from conf/experiment/ (python -m dlzoo.stages)"
+	@echo "make results            regenerate the README's results tables from metrics/"
+	@echo "make ui                 MLflow UI for mlflow.db on http://$(HOST):$(PORT)"
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; dlzoo needs Python 3.11 (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 # Restore data/ from the project's DVC remote (a no-op when it is already there).
 data: $(STAMP)
-	$(BIN)/dvc pull --quiet data.dvc
+	$(RUN) dvc pull --quiet data.dvc
 
 repro: data
-	$(BIN)/dvc repro
+ifeq ($(PROFILE),)
+	$(RUN) dvc repro
+else
+	$(RUN) dvc exp run --set-param profile=$(PROFILE)
+endif
+
+stages: $(STAMP)
+	$(RUN) python -m dlzoo.stages
+
+results: $(STAMP)
+	$(RUN) python -m dlzoo.results
 
 test: data
-	$(BIN)/python -m pytest
+	$(RUN) python -m pytest
 
 test-slow: data
-	$(BIN)/python -m pytest -m "slow or not slow"
+	$(RUN) python -m pytest -m "slow or not slow"
 
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(HOST) --port $(PORT)
+	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

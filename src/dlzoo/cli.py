@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 
 from dlzoo.errors import DlzooError
 
 log = logging.getLogger("dlzoo")
+# Set before the entry point's imports: the seconds a stage spends starting up are part of its time.
+_PROCESS_START = time.perf_counter()
 
 
 def quiet_libraries() -> None:
@@ -23,12 +26,28 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def stage_name(cfg) -> str:
+    """DVC's name for the running stage (DVC exports DVC_STAGE), else the entry point's."""
+    return os.environ.get("DVC_STAGE") or os.path.basename(sys.argv[0]).removesuffix(".py")
+
+
 def run_stage(fn: Callable, cfg) -> None:
-    """Run a stage function; a DlzooError ends the process with its one-line message and exit code 2."""
+    """Run a stage function and print one line with its elapsed time; a DlzooError ends the process
+    with its one-line message and exit code 2."""
     quiet_libraries()
+    name = stage_name(cfg)
+    started = time.perf_counter()
     try:
         fn(cfg)
     except DlzooError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    done = time.perf_counter()
+    if _is_rank_zero():
+        print(f"{name}: done in {done - _PROCESS_START:.1f} s "
+              f"(start-up {started - _PROCESS_START:.1f} s, work {done - started:.1f} s)", flush=True)
+
+
+def _is_rank_zero() -> bool:
+    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))

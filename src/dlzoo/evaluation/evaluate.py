@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.checkpoints import load_trained_module
 from dlzoo.config import build, require_keys
@@ -22,10 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    require_keys(cfg, "task", "family", "data.module", "evaluator", "model")
+    require_keys(cfg, "task", "family", "evaluator", "model")
     model_dir = Path(cfg.paths.model_dir)
     model, ckpt_path = load_trained_module(cfg)
-    datamodule = build(cfg.data.module, "data.module")
+    # A supervised family is scored on its DataModule's test split; a family that owns its loop
+    # (an agent, a self-play system) has no dataset, and its evaluator brings its own held-out episodes or games.
+    module_cfg = OmegaConf.select(cfg, "data.module")
+    datamodule = build(module_cfg, "data.module") if module_cfg is not None else None
     evaluator = build(cfg.evaluator, "evaluator")
     reports_dir = Path(cfg.paths.reports_dir)
     metrics, files = evaluator(model, datamodule, reports_dir)

@@ -30,13 +30,14 @@ def artifact_location(root: str, experiment: str) -> str | None:
     return (Path(root) / experiment).resolve().as_uri() if root else None
 
 
-def ensure_experiment(name: str, artifact_root: str | None) -> str:
-    import mlflow
+def ensure_experiment(name: str, artifact_root: str | None, tracking_uri: str | None = None) -> str:
+    from mlflow import MlflowClient
 
-    experiment = mlflow.get_experiment_by_name(name)
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location(artifact_root, name))
+    return client.create_experiment(name, artifact_location=artifact_location(artifact_root, name))
 
 
 def git_commit() -> str:

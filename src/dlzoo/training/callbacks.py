@@ -1,23 +1,21 @@
-"""Callbacks every family gets: the per-epoch history (for learning-curve plots) and a
-checkpoint stamp that records which task and family wrote a checkpoint."""
+"""Callbacks the Lightning runner adds: the per-epoch learning-curve row (handed to the pipeline's
+RunContext, which prints and plots it) and the checkpoint stamp that records which task and family
+wrote a checkpoint."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning as L
-import pandas as pd
 
 from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
 
 
-
 class EpochHistory(L.Callback):
-    """Collects epoch-level metrics (train/* and val/*) into rows, one per epoch."""
+    """Epoch-level metrics (train/* and val/*) as one row per epoch, after validation has run."""
 
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -27,17 +25,13 @@ class EpochHistory(L.Callback):
             if key.startswith(("train/", "val/")) and not key.endswith("_step"):
                 v = float(value)
                 row[key.removesuffix("_epoch")] = v if math.isfinite(v) else None
-        self.rows.append(row)
-
-    def save_csv(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(self.rows).to_csv(path, index=False)
-        return path
+        if self.ctx.total_epochs is None:
+            self.ctx.total_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        self.ctx.end_epoch(row)
 
 
 class CheckpointStamp(L.Callback):
-    """Writes task/family/config into every checkpoint so evaluate can refuse a foreign one."""
+    """Writes task/family/experiment into every checkpoint so evaluate can refuse a foreign one."""
 
     def __init__(self, task: str, family: str, experiment: str) -> None:
         self.meta = stamp(task, family, experiment)

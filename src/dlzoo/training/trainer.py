@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.errors import ConfigError
+from dlzoo.hardware import resolve_precision
 
 
 def _strategy_name(trainer_cfg: DictConfig) -> str:
@@ -19,7 +20,7 @@ def _strategy_name(trainer_cfg: DictConfig) -> str:
 
 def check_trainer_config(trainer_cfg: DictConfig) -> None:
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    precision = str(trainer_cfg.get("precision", "32-true"))
+    precision = resolve_precision(trainer_cfg.get("precision", "32-true"), accelerator)
     strategy = _strategy_name(trainer_cfg)
     has_cuda = torch.cuda.is_available()
     if strategy.startswith("fsdp") and not has_cuda:
@@ -34,4 +35,5 @@ def build_trainer(trainer_cfg: DictConfig, **kwargs):
     """Instantiate `trainer_cfg` (a `_target_: lightning.pytorch.Trainer` node) with loggers/callbacks."""
     check_trainer_config(trainer_cfg)
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
+    cfg["precision"] = resolve_precision(cfg.get("precision", "32-true"), str(cfg.get("accelerator", "auto")))
     return instantiate(cfg, **kwargs, _convert_="all")
