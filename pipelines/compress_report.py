@@ -1,6 +1,9 @@
 """DVC stage `compress-report@<task>`: the task's compressed models side by side (table + trade-off plots).
 
-    python pipelines/compress_report.py task=digits [report.metric=test/accuracy]
+    python pipelines/compress_report.py experiment=digits-cnn
+
+Any family recipe of the task will do: it sets `task` and the task's `results` block, whose headline
+metric (`results.metric`) and latency (`results.latency`) the report uses (override with report.metric=...).
 """
 
 import hydra

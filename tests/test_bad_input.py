@@ -59,7 +59,7 @@ def test_corrupt_checkpoint_is_refused_and_store_kept_intact(trained, workdir):
 
 
 def test_missing_checkpoint_names_the_stage(trained, workdir):
-    with pytest.raises(CheckpointError, match=r"dvc repro train@timeseries-sunspots-rnn"):
+    with pytest.raises(CheckpointError, match=r"dvc repro train_timeseries-sunspots-rnn"):
         load_checkpoint(workdir / "nope.ckpt", "timeseries-sunspots", "rnn")
 
 

@@ -1,5 +1,6 @@
 """Detection (task detection-shapes): IoU conventions, the SSD and YOLO nets' train/eval outputs,
-the evaluator (also on an external COCO folder), and a smoke fit + evaluate of each family."""
+the evaluator (also on an external COCO folder, and crowd regions as COCOeval counts them), and a
+smoke fit + evaluate of each family."""
 
 import json
 from pathlib import Path
@@ -8,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.ops import box_convert
 
 from conftest import mlflow_runs, prepare_data
+from dlzoo.data.coco import CocoDataModule
 from dlzoo.evaluation.detection import coco_box_iou
+from dlzoo.evaluation.detection import evaluate as evaluate_detection
 from dlzoo.evaluation.evaluate import evaluate
 from dlzoo.models.detection import random_flips
 from dlzoo.training.train import train
@@ -164,12 +168,51 @@ def test_perfect_predictions_score_one(workdir, make_cfg):
             return [{"boxes": truth[i]["boxes"], "labels": truth[i]["labels"], "scores": torch.ones(len(truth[i]["labels"]))}
                     for i in sorted(truth)[: len(images)]]
 
-    from dlzoo.evaluation.detection import evaluate as evaluate_detection
-
     datamodule.batch_size = 64  # one batch, so the oracle's image order is the test order
     metrics, _ = evaluate_detection(Oracle(), datamodule, workdir / "reports")
     assert metrics["test/map"] == pytest.approx(1.0) and metrics["test/map_50"] == pytest.approx(1.0)
     assert all(v == pytest.approx(1.0) for k, v in metrics.items() if k.startswith("test/ap/"))
+
+
+def _crowd_folder(root: Path, crowd: bool) -> dict:
+    """Two images, each with one object and one crowd region (iscrowd=1; plain objects if not `crowd`)."""
+    (root / "images").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (64, 64)).save(root / "images" / name)
+    anns = [(1, [4, 4, 20, 20], 0), (1, [30, 30, 30, 30], 1), (2, [10, 10, 16, 16], 0), (2, [34, 2, 28, 28], 1)]
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64},
+                       {"id": 2, "file_name": "b.png", "width": 64, "height": 64}],
+            "annotations": [{"id": k + 1, "image_id": im, "category_id": 7, "bbox": box, "iscrowd": c if crowd else 0}
+                             for k, (im, box, c) in enumerate(anns)],
+            "categories": [{"id": 7, "name": "person"}]}
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return {"test_json": str(root / "annotations.json"), "test_images": str(root / "images")}
+
+
+@pytest.mark.parametrize("crowd", [True, False])
+def test_crowd_regions_count_as_in_cocoeval(crowd, workdir):
+    """A confident detection inside image 1's crowd region, none on image 2's: with iscrowd=1 (as
+    COCOeval) the first is neither a true nor a false positive and the second is not missed, so the
+    exact boxes of the two objects still score AP 1 and recall 1. The same regions as plain objects
+    (crowd=False) are a false positive ranked first and a miss, which shows the test can fail."""
+    datamodule = CocoDataModule(str(workdir / "unused"), batch_size=2, **_crowd_folder(workdir / "coco", crowd))
+
+    class Detector(torch.nn.Module):
+        def forward(self, images):
+            boxes = [[[34.0, 34.0, 54.0, 54.0], [4.0, 4.0, 24.0, 24.0]],  # inside the crowd, then the object
+                     [[10.0, 10.0, 26.0, 26.0]]]
+            scores = [[0.9, 0.8], [0.7]]
+            return [{"boxes": torch.tensor(b), "scores": torch.tensor(s), "labels": torch.ones(len(b), dtype=torch.int64)}
+                    for b, s in zip(boxes, scores)]
+
+    metrics, _ = evaluate_detection(Detector(), datamodule, workdir / "reports")
+    if crowd:
+        assert metrics["test/num_objects"] == 2
+        assert metrics["test/map"] == pytest.approx(1.0) and metrics["test/mar_100"] == pytest.approx(1.0)
+        assert metrics["test/ap/person"] == pytest.approx(1.0)
+    else:
+        assert metrics["test/num_objects"] == 4
+        assert metrics["test/map"] < 0.5 and metrics["test/mar_100"] == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------ smoke fit

@@ -9,7 +9,8 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import mlflow_runs, prepare_data
-from dlzoo.data.shapes_coco import ShapesDataModule, prepare
+from dlzoo.data.coco import CocoDataModule
+from dlzoo.data.shapes import prepare
 from dlzoo.errors import ConfigError
 from dlzoo.evaluation.evaluate import evaluate
 from dlzoo.evaluation.segmentation import evaluate as evaluate_segmentation
@@ -68,7 +69,7 @@ def tiny_shapes(tmp_path_factory):
 def test_evaluator_returns_the_metrics_and_plots_for_an_untrained_model(tiny_shapes, tmp_path):
     torch.manual_seed(0)
     module = SegmentationModule(UNet(channels=(4, 8)), optimizer=None, num_classes=4)
-    datamodule = ShapesDataModule(str(tiny_shapes), task="segmentation", batch_size=2)
+    datamodule = CocoDataModule(str(tiny_shapes), task="segmentation", batch_size=2)
     metrics, files = evaluate_segmentation(module, datamodule, tmp_path / "reports", num_classes=4, n_examples=3)
     assert set(metrics) == KEYS
     assert metrics["test/num_examples"] == 5
@@ -79,7 +80,7 @@ def test_evaluator_returns_the_metrics_and_plots_for_an_untrained_model(tiny_sha
 
 def test_evaluator_refuses_a_class_count_the_data_does_not_have(tiny_shapes, tmp_path):
     module = SegmentationModule(UNet(num_classes=6, channels=(4, 8)), optimizer=None, num_classes=6)
-    datamodule = ShapesDataModule(str(tiny_shapes), task="segmentation", batch_size=2)
+    datamodule = CocoDataModule(str(tiny_shapes), task="segmentation", batch_size=2)
     with pytest.raises(ConfigError, match="num_classes=6"):
         evaluate_segmentation(module, datamodule, tmp_path, num_classes=6)
 

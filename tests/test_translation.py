@@ -5,22 +5,25 @@ from __future__ import annotations
 import io
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from dlzoo.data.enja import (
-    BOS, EOS, PAD, SPECIALS, UNK, BucketBatchSampler, EnglishTokenizer, JapaneseTokenizer, SubwordVocab,
-    TranslationDataModule, WordVocab, collate_pairs, prepare, token_agreement,
+    BucketBatchSampler, EnglishTokenizer, JapaneseTokenizer, TranslationDataModule, collate_pairs, prepare, token_agreement,
 )
-from dlzoo.errors import CheckpointError, ConfigError, DataError
-from dlzoo.evaluation.translation import export_translator, load_translator
+from dlzoo.errors import CheckpointError, ConfigError, DataError, ExportError
+from dlzoo.evaluation import translation as translation_evaluation
+from dlzoo.evaluation.translation import check_export, export_translator, load_translator
 from dlzoo.models.seq2seq import Seq2Seq
 from dlzoo.models.translation import beam_search, warmup_schedule
 from dlzoo.models.transformer import Transformer
 from dlzoo.translate import main as translate_main
 from dlzoo.translate import translate_lines
+from dlzoo.vocab import BOS, EOS, PAD, SPECIALS, UNK, SubwordVocab, WordVocab
 
 SENTENCES = [["i", "am", "a", "cat", "."], ["you", "are", "a", "dog", "."], ["i", "am", "here", "."]]
 
@@ -227,6 +230,52 @@ def test_load_translator_rejects_foreign_files(tmp_path):
         load_translator(tmp_path / "other.pt")
 
 
+def greedy_batches(net, n=4):
+    """Decoding batches as the evaluator sees them: (src, tgt_in, tgt_out), with the in-process greedy ids."""
+    torch.manual_seed(1)
+    loader = [(padded_batch(), None, None) for _ in range(n)]
+    with torch.no_grad():
+        greedy = [row for src, _, _ in loader for row in net(src).tolist()]
+    return loader, greedy
+
+
+def test_export_check_passes_and_fails_with_the_file_named(tmp_path, monkeypatch):
+    vocab = WordVocab(SPECIALS + [f"w{i}" for i in range(46)])
+    net = tiny_nets()["transformer"].eval()
+    loader, greedy = greedy_batches(net)
+    path = tmp_path / "translator.pt"
+    assert check_export(net, vocab, vocab, "en-ja", path, loader, greedy, 1.0) == 1.0
+
+    wrong = [row[:-1] + [(row[-1] + 1) % 50] for row in greedy]  # what the export would have to reproduce
+    with pytest.raises(ExportError, match=f"{path}.*0.0%"):
+        check_export(net, vocab, vocab, "en-ja", path, loader, wrong, 1.0)
+
+    def unloadable(net, src_vocab, tgt_vocab, direction, path, **meta):
+        path.write_bytes(b"half a model")
+        return path
+
+    monkeypatch.setattr(translation_evaluation, "export_translator", unloadable)
+    with pytest.raises(ExportError, match=f"exported translator {path} does not reload") as info:
+        check_export(net, vocab, vocab, "en-ja", path, loader, greedy, 1.0)
+    assert "\n" not in str(info.value)
+
+
+def test_distillation_student_export_round_trips(tmp_path):
+    """A student shaped like conf/compress/word-kd.yaml's, exported and reloaded in the process that scripted
+    its teacher first (as the compress stage does), decodes several batches exactly like the module."""
+    spec = yaml.safe_load((Path(__file__).parents[1] / "conf/compress/word-kd.yaml").read_text())["apply"]["student"]
+    kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}
+    vocab = WordVocab(SPECIALS + [f"w{i}" for i in range(46)])
+    teacher = tiny_nets()["transformer"].eval()
+    torch.jit.script(teacher)
+    student = Transformer(len(vocab), len(vocab), **kwargs).eval()
+    loader, greedy = greedy_batches(student)
+    path = tmp_path / "translator.pt"
+    assert check_export(student, vocab, vocab, "en-ja", path, loader, greedy, 1.0) == 1.0
+    src = padded_batch()
+    assert torch.equal(beam_search(load_translator(path)[0], src, 3), beam_search(student, src, 3))
+
+
 def test_translate_handles_bad_lines_one_by_one(exported):
     _, path = exported
     module, src_vocab, tgt_vocab, meta = load_translator(path)
@@ -282,3 +331,27 @@ def test_word_level_distillation_step_uses_teacher_forcing_logits():
     loss.backward()
     assert torch.isfinite(loss) and student.out.weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is frozen
+
+
+def test_translation_module_reads_its_vocabularies_without_the_data_package(tmp_path):
+    import ast
+    from functools import partial
+
+    from dlzoo.models.translation import TranslationModule
+
+    WordVocab(SPECIALS + ["i", "am"]).save(tmp_path / "vocab.en.json")
+    WordVocab(SPECIALS + ["t0", "t1", "t2"]).save(tmp_path / "vocab.ja.json")
+    module = TranslationModule(partial(Transformer, d_model=8, heads=2, encoder_layers=1, decoder_layers=1, d_ff=16),
+                               partial(torch.optim.AdamW), str(tmp_path), direction="ja-en")
+    assert module.net_kwargs() == {"src_vocab_size": 7, "tgt_vocab_size": 6}
+    with pytest.raises(ConfigError, match="direction"):
+        TranslationModule(partial(Transformer), partial(torch.optim.AdamW), str(tmp_path), direction="en-fr")
+    with pytest.raises(DataError, match="prepare_enja"):
+        TranslationModule(partial(Transformer), partial(torch.optim.AdamW), str(tmp_path / "missing"))
+
+    # Models depend on dlzoo.vocab, never on the dataset code (which would pull DataModules into a model file).
+    models = Path(__file__).parents[1] / "src/dlzoo/models"
+    for path in models.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "dlzoo.data" or n.startswith("dlzoo.data.") for n in names), f"{path.name} imports {names}"

@@ -26,7 +26,7 @@ def load_checkpoint(path: str | Path, task: str, family: str) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: train it first (`dvc repro train@{task}-{family}`)")
+        raise CheckpointError(f"no checkpoint at {path}: train it first (`dvc repro train_{task}-{family}`)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/foreign files

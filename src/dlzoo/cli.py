@@ -44,6 +44,7 @@ def run_stage(fn: Callable, cfg) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     done = time.perf_counter()
+    _record_imports(name)
     if _is_rank_zero():
         print(f"{name}: done in {done - _PROCESS_START:.1f} s "
               f"(start-up {started - _PROCESS_START:.1f} s, work {done - started:.1f} s)", flush=True)
@@ -51,3 +52,17 @@ def run_stage(fn: Callable, cfg) -> None:
 
 def _is_rank_zero() -> bool:
     return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _record_imports(name: str) -> None:
+    """With DLZOO_IMPORT_AUDIT=<file>, append the project files this stage really imported: the test that
+    checks them against the stage's DVC deps (tests/test_make_repro.py) reads them."""
+    path = os.environ.get("DLZOO_IMPORT_AUDIT")
+    if not path:
+        return
+    import json
+
+    files = sorted({os.path.abspath(m.__file__) for n, m in list(sys.modules.items())
+                    if (n == "dlzoo" or n.startswith("dlzoo.")) and getattr(m, "__file__", None)})
+    with open(path, "a") as f:
+        f.write(json.dumps({"stage": name, "script": os.path.abspath(sys.argv[0]), "files": files}) + "\n")

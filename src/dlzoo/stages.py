@@ -218,7 +218,8 @@ def build_stages() -> dict:
         train_cfg = OmegaConf.masked_copy(cfg, ["runner", "data", "model", "trainer"])
         train[name] = {
             "cmd": f"python pipelines/train.py experiment={name} profile=${{profile}} trainer=${{trainer}}",
-            "params": ["profile", "trainer"],
+            # The recipe as a params file too: `dvc exp run -S 'conf/experiment/<recipe>.yaml:key=value'` makes a variant.
+            "params": ["profile", "trainer", {f"conf/experiment/{name}.yaml": None}],
             "deps": _code_deps("pipelines/train.py", train_cfg) + conf + [cfg.data.dir],
             "outs": [cfg.paths.model_dir, f"{cfg.paths.plots_dir}/learning_curve.png"],
             "plots": [{f"{cfg.paths.plots_dir}/learning_curve.csv": {"x": "epoch", "y": cfg.checkpoint.monitor, "cache": False}}],

@@ -16,9 +16,11 @@ import sys
 
 import torch
 
-from dlzoo.data.enja import EOS, PAD, tokenizer_for
+from dlzoo.data.enja import tokenizer_for
 from dlzoo.errors import CheckpointError
 from dlzoo.evaluation.translation import load_translator
+from dlzoo.vocab import EOS, PAD
+
 
 def translate_lines(lines: list[bytes], module, src_vocab, tgt_vocab, meta, beam: int = 1, max_tokens: int = 100,
                     batch_size: int = 64) -> tuple[list[str], list[str]]:

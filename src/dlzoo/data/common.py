@@ -17,7 +17,7 @@ def require_prepared(data_dir: str | Path, *names: str) -> Path:
     if missing:
         raise DataError(
             f"prepared data missing in {data_dir}/ ({', '.join(missing)}): "
-            f"run `dvc repro` (or the matching `prepare@...` stage) first"
+            f"run `dvc repro` (or the matching `prepare_...` stage) first"
         )
     return data_dir
 

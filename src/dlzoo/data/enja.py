@@ -1,6 +1,6 @@
 """English-Japanese parallel corpus (small_parallel_enja, pre-tokenised) for the translation families.
 
-`prepare` (DVC stage prepare@enja):
+`prepare` (DVC stage prepare_enja):
 - cleans the pairs (empty or over-long lines are skipped, and counted), holds `n_val` training pairs out
   for checkpoint selection (the dev split is the test set and is never trained or selected on);
 - builds one vocabulary per language from the training split only (word-level, or sentencepiece with
@@ -11,25 +11,18 @@
 The DataModule serves length-bucketed batches (sentences of similar length together, so almost no
 compute is spent on padding), in either direction (`direction: en-ja` or `ja-en`).
 
-Vocabularies and tokenisers:
-Two kinds of vocabulary map corpus tokens to ids, with the same special ids (PAD 0, BOS 1, EOS 2, UNK 3)
-so models never need to know which one they were given:
-- `WordVocab`: one id per corpus word, built from the training split only (min count, max size).
-- `SubwordVocab`: a sentencepiece model trained on the training split; decoding gives corpus words back.
+The vocabularies (word or subword, shared special ids) live in dlzoo.vocab, where the models read them too.
 
-Raw user input (the translate CLI) is tokenised to match the corpus conventions:
+Tokenisers: raw user input (the translate CLI) is tokenised to match the corpus conventions:
 English with the Moses tokenizer (sacremoses) after lowercasing; Japanese with janome, a maintained
 pure-Python morphological analyser with its dictionary inside the wheel (offline). The corpus itself was
 segmented with KyTea, which splits verb inflections further than janome does (e.g. 送っ|た vs 送|っ|た);
-`token_agreement` measures how far the two agree (prepare@enja writes it for dev).
+`token_agreement` measures how far the two agree (prepare_enja writes it for dev).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -40,114 +33,11 @@ from torch.utils.data import DataLoader, Sampler
 from dlzoo.data.common import SplitDataModule, require_prepared, require_raw
 from dlzoo.io import write_json
 from dlzoo.errors import ConfigError, DataError
+from dlzoo.vocab import BOS, DIRECTIONS, EOS, PAD, UNK, SubwordVocab, WordVocab
 
 log = logging.getLogger(__name__)
 LANGS = ("en", "ja")
 SPLITS = ("train", "val", "test")
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-
-
-def content_ids(ids: Iterable[int]) -> list[int]:
-    """The ids of a decoded sentence: up to its first EOS, without PAD/BOS."""
-    kept = []
-    for i in ids:
-        i = int(i)
-        if i == EOS:
-            break
-        if i not in (PAD, BOS):
-            kept.append(i)
-    return kept
-
-
-class WordVocab:
-    """Corpus word <-> id, most frequent first (ties broken alphabetically, so builds are deterministic)."""
-
-    kind = "word"
-
-    def __init__(self, itos: list[str]):
-        if itos[: len(SPECIALS)] != SPECIALS:
-            raise DataError(f"a vocabulary must start with the specials {SPECIALS}")
-        self.itos = itos
-        self.stoi = {w: i for i, w in enumerate(itos)}
-
-    @classmethod
-    def build(cls, sentences: Iterable[list[str]], min_count: int = 1, max_size: int | None = None) -> WordVocab:
-        if min_count < 1:
-            raise ConfigError(f"vocabulary min_count must be >= 1, got {min_count}")
-        counts = Counter(w for s in sentences for w in s)
-        if not counts:
-            raise DataError("cannot build a vocabulary from an empty corpus")
-        words = sorted((w for w, n in counts.items() if n >= min_count and w not in SPECIALS), key=lambda w: (-counts[w], w))
-        if max_size is not None:
-            words = words[: max(0, max_size - len(SPECIALS))]
-        return cls(SPECIALS + words)
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def encode(self, tokens: list[str]) -> list[int]:
-        return [self.stoi.get(t, UNK) for t in tokens]
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        """Ids -> words, stopping at EOS and dropping PAD/BOS (UNK stays visible as <unk>)."""
-        return [self.itos[i] if i < len(self.itos) else SPECIALS[UNK] for i in content_ids(ids)]
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"kind": self.kind, "itos": self.itos}, ensure_ascii=False) + "\n")
-
-
-class SubwordVocab:
-    """A sentencepiece model over the corpus words (spaces become word boundaries, so decoding restores them)."""
-
-    kind = "subword"
-
-    def __init__(self, model_file: str | Path | None = None, model_proto: bytes | None = None):
-        import sentencepiece as spm
-
-        self.model_file = str(model_file) if model_file else None
-        self.sp = spm.SentencePieceProcessor(model_file=self.model_file) if model_file else spm.SentencePieceProcessor(model_proto=model_proto)
-        self.itos = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
-
-    @classmethod
-    def train(cls, sentences: list[list[str]], prefix: str | Path, vocab_size: int) -> SubwordVocab:
-        import sentencepiece as spm
-
-        if not sentences:
-            raise DataError("cannot train sentencepiece on an empty corpus")
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(" ".join(s) for s in sentences), model_prefix=str(prefix), vocab_size=vocab_size,
-                hard_vocab_limit=False,  # a small corpus gets a smaller vocabulary instead of an error
-                model_type="unigram", character_coverage=1.0, pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
-                pad_piece=SPECIALS[PAD], bos_piece=SPECIALS[BOS], eos_piece=SPECIALS[EOS], unk_piece=SPECIALS[UNK],
-                num_threads=1, minloglevel=2,  # one thread: the same model every time
-            )
-        except RuntimeError as exc:  # sentencepiece reports bad settings as RuntimeError
-            raise ConfigError(f"sentencepiece could not train a {vocab_size}-piece vocabulary: {exc}") from None
-        return cls(f"{prefix}.model")
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def encode(self, tokens: list[str]) -> list[int]:
-        return self.sp.encode(" ".join(tokens))
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        return self.sp.decode(content_ids(ids)).split()
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"kind": self.kind, "model_file": Path(self.model_file).name}) + "\n")
-
-
-def load_vocab(path: str | Path) -> WordVocab | SubwordVocab:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"vocabulary {path} is missing: run `dvc repro prepare@enja` first")
-    spec = json.loads(path.read_text())
-    if spec.get("kind") == "subword":
-        return SubwordVocab(path.parent / spec["model_file"])
-    return WordVocab(spec["itos"])
 
 
 class EnglishTokenizer:
@@ -352,14 +242,10 @@ class TranslationDataModule(SplitDataModule):
     def __init__(self, data_dir: str, direction: str = "en-ja", batch_size: int = 128, eval_batch_size: int = 250,
                  seed: int = 0, num_workers: int = 0):
         super().__init__(batch_size, num_workers)
-        if direction not in ("en-ja", "ja-en"):
+        if direction not in DIRECTIONS:
             raise ConfigError(f"data.module.direction must be en-ja or ja-en, got {direction!r}")
         self.data_dir, self.direction, self.eval_batch_size, self.seed = data_dir, direction, eval_batch_size, seed
         self.src_lang, self.tgt_lang = direction.split("-")
-
-    def vocabs(self):
-        data_dir = require_prepared(self.data_dir, f"vocab.{self.src_lang}.json", f"vocab.{self.tgt_lang}.json")
-        return load_vocab(data_dir / f"vocab.{self.src_lang}.json"), load_vocab(data_dir / f"vocab.{self.tgt_lang}.json")
 
     def test_references(self) -> list[str]:
         """The test split's target sentences as corpus tokens (space-separated), for BLEU/chrF."""

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from dlzoo.data.common import SplitDataModule, require_prepared, require_raw
 from dlzoo.io import read_json, write_json
 from dlzoo.errors import ConfigError, DataError
+from dlzoo.vocab import read_word_counts
 
 log = logging.getLogger(__name__)
 
@@ -158,25 +159,8 @@ def prepare(
     return summary
 
 
-def read_vocab(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(words, counts, keep probabilities) from a prepared `vocab.tsv`."""
-    path = Path(path)
-    require_prepared(path.parent, path.name)
-    words, counts, keep = [], [], []
-    with open(path, encoding="utf-8") as f:
-        next(f, None)  # header
-        for line in f:
-            w, c, k = line.rstrip("\n").split("\t")
-            words.append(w)
-            counts.append(int(c))
-            keep.append(float(k))
-    if not words:
-        raise DataError(f"{path} is empty: rerun `dvc repro prepare@...` on a non-empty corpus")
-    return words, np.array(counts, dtype=np.int64), np.array(keep, dtype=np.float64)
-
-
 def load_vocab(data_dir: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    return read_vocab(Path(data_dir) / "vocab.tsv")
+    return read_word_counts(Path(data_dir) / "vocab.tsv")
 
 
 def load_sentences(data_dir: str | Path, split: str, words: list[str]) -> list[list[str]]:

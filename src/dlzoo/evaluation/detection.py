@@ -2,7 +2,9 @@
 class (pycocotools, through torchmetrics), and a grid of test images with predicted vs true boxes.
 
 The test split is whatever `data.module` says: the prepared shapes, or any COCO annotation file
-and image folder (`data.module.test_json=... data.module.test_images=...`).
+and image folder (`data.module.test_json=... data.module.test_images=...`). Crowd annotations
+(iscrowd=1) count as COCOeval counts them: a detection on a crowd region is neither a true nor a
+false positive, and a crowd region is never an object to recall (see `dlzoo.models.detection.metric_target`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert, box_iou
 
+from dlzoo.models.detection import metric_target
 from dlzoo.plotting import plt, save_figure
 
 
@@ -24,13 +27,14 @@ def coco_box_iou(a_xywh: torch.Tensor, b_xywh: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(module, loader) -> tuple[list, list, list]:
-    """Images, predictions and targets of a whole split (eval mode, no gradients)."""
+    """Images, predictions and targets of a whole split (eval mode, no gradients); each target as
+    COCO evaluation takes it: objects and crowd regions, told apart by `iscrowd`."""
     module.eval()
     images, preds, targets = [], [], []
     for x, y in loader:
         images.extend(x)
         preds.extend(module(x))
-        targets.extend({"boxes": t["boxes"], "labels": t["labels"]} for t in y)
+        targets.extend(metric_target(t) for t in y)
     return images, preds, targets
 
 
@@ -49,7 +53,7 @@ def evaluate(module, datamodule, out_dir: str | Path, class_names: list[str] | N
         "test/map_75": float(result["map_75"]),
         "test/mar_100": float(result["mar_100"]),
         "test/num_examples": len(images),
-        "test/num_objects": int(sum(len(t["labels"]) for t in targets)),
+        "test/num_objects": int(sum(int((t["iscrowd"] == 0).sum()) for t in targets)),  # crowds are not objects
     }
     # every class seen in predictions or ground truth; COCO gives -1 to one without ground truth
     for label, ap in zip(result["classes"].reshape(-1).tolist(), result["map_per_class"].reshape(-1).tolist()):
@@ -60,7 +64,8 @@ def evaluate(module, datamodule, out_dir: str | Path, class_names: list[str] | N
 
 
 def plot_detections(images, preds, targets, names, path, score_threshold: float = 0.5, title: str = "") -> Path:
-    """Each image with its true boxes (green, dashed) and predictions above the threshold (red, with score)."""
+    """Each image with its true boxes (green, dashed), crowd regions (yellow, dotted) and predictions
+    above the threshold (red, with score)."""
     cols = min(4, len(images))
     rows = -(-len(images) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows + 0.4), squeeze=False)
@@ -68,13 +73,16 @@ def plot_detections(images, preds, targets, names, path, score_threshold: float 
         ax.axis("off")
     for ax, image, pred, target in zip(axes.flat, images, preds, targets):
         ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
-        for x0, y0, x1, y1 in target["boxes"].tolist():
-            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.5, ls="--"))
+        crowd = target.get("iscrowd", torch.zeros(len(target["boxes"]), dtype=torch.int64)).tolist()
+        for (x0, y0, x1, y1), is_crowd in zip(target["boxes"].tolist(), crowd):
+            ec, ls = ("yellow", ":") if is_crowd else ("lime", "--")
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=ec, lw=1.5, ls=ls))
         keep = pred["scores"] >= score_threshold
         shown = zip(pred["boxes"][keep].tolist(), pred["labels"][keep].tolist(), pred["scores"][keep].tolist())
         for (x0, y0, x1, y1), label, score in shown:
             ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
             ax.text(x0, y0 - 1, f"{names[label] if label < len(names) else label} {score:.2f}", color="white",
                     fontsize=6, va="bottom", bbox=dict(fc="red", ec="none", pad=0.5, alpha=0.8))
-    fig.suptitle(f"{title}\ngreen dashed: ground truth, red: predicted (score >= {score_threshold})", fontsize=9)
+    fig.suptitle(f"{title}\ngreen dashed: ground truth, yellow dotted: crowd, red: predicted (score >= {score_threshold})",
+                 fontsize=9)
     return save_figure(fig, path)

@@ -103,7 +103,7 @@ class DetectionModule(FamilyModule):
 
     def validation_step(self, batch, batch_idx):
         images, targets = batch
-        self.val_map.update(self.net(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        self.val_map.update(self.net(images), [metric_target(t) for t in targets])
         self.log("val/loss", sum(self.held_out_losses(images, targets).values()), batch_size=len(images), sync_dist=True)
 
     @torch.no_grad()
@@ -126,3 +126,18 @@ class DetectionModule(FamilyModule):
         self.log("val/map", result["map"], prog_bar=True)
         self.log("val/map_50", result["map_50"], prog_bar=True)
         self.val_map.reset()
+
+
+def metric_target(target: dict) -> dict:
+    """A detection target as COCO evaluation takes it (torchmetrics' MeanAveragePrecision): the
+    objects, then the crowd regions flagged `iscrowd`=1, so that, as in COCOeval, detections on a
+    crowd region count neither as true nor as false positives and a crowd region is never missed."""
+    crowd_boxes = target.get("crowd_boxes", torch.zeros(0, 4))
+    crowd_labels = target.get("crowd_labels", torch.zeros(0, dtype=torch.int64))
+    boxes = torch.cat([target["boxes"], crowd_boxes.to(target["boxes"])])
+    return {
+        "boxes": boxes,
+        "labels": torch.cat([target["labels"], crowd_labels.to(target["labels"])]),
+        "iscrowd": torch.cat([torch.zeros(len(target["labels"]), dtype=torch.int64, device=boxes.device),
+                              torch.ones(len(crowd_labels), dtype=torch.int64, device=boxes.device)]),
+    }

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from dlzoo.data.enja import PAD
 from dlzoo.errors import ConfigError
 from dlzoo.models.translation import Translator
+from dlzoo.vocab import PAD
 
 
 class LuongAttention(nn.Module):

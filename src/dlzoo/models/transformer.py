@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlzoo.data.enja import PAD
 from dlzoo.models.translation import Translator
+from dlzoo.vocab import PAD
 
 
 class MultiHeadAttention(nn.Module):

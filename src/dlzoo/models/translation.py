@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlzoo.data.enja import BOS, EOS, PAD
 from dlzoo.models.base import FamilyModule
+from dlzoo.vocab import BOS, EOS, PAD, load_direction_vocabs
 
 
 class Translator(nn.Module):
@@ -131,9 +131,7 @@ class TranslationModule(FamilyModule):
 
     def __init__(self, net, optimizer, data_dir: str, direction: str = "en-ja", scheduler=None,
                  scheduler_interval: str = "step", label_smoothing: float = 0.1):
-        from dlzoo.data.enja import TranslationDataModule
-
-        self.src_vocab, self.tgt_vocab = TranslationDataModule(data_dir, direction).vocabs()
+        self.src_vocab, self.tgt_vocab = load_direction_vocabs(data_dir, direction)
         # `net` is a partial: the vocabulary sizes come from the prepared data, not from config.
         super().__init__(net(src_vocab_size=len(self.src_vocab), tgt_vocab_size=len(self.tgt_vocab)),
                          optimizer, scheduler, scheduler_interval)

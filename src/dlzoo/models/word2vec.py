@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlzoo.data.word2vec_corpus import read_vocab
 from dlzoo.errors import ConfigError
 from dlzoo.models.base import FamilyModule
+from dlzoo.vocab import read_word_counts
 
 ARCHITECTURES = ("skipgram", "cbow")
 
@@ -46,7 +46,7 @@ class Word2Vec(nn.Module):
             raise ConfigError(f"model.net.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
         if (vocab_file is None) == (counts is None):
             raise ConfigError("Word2Vec needs exactly one of vocab_file (a prepared vocab.tsv) or counts")
-        counts = torch.as_tensor(read_vocab(vocab_file)[1] if counts is None else list(counts), dtype=torch.float64)
+        counts = torch.as_tensor(read_word_counts(vocab_file)[1] if counts is None else list(counts), dtype=torch.float64)
         if negative < 1:
             raise ConfigError(f"model.net.negative must be >= 1, got {negative}")
         self.architecture, self.negative, self.dim = architecture, negative, dim

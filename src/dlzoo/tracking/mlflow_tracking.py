@@ -56,7 +56,7 @@ def run_tags(cfg: DictConfig, stage: str, **extra: str) -> dict[str, str]:
         "stage": stage,
         "profile": cfg.profile_name,
         "git_commit": git_commit(),
-        # DVC exports DVC_STAGE (e.g. 'train@binary-addition-rnn') to every stage command.
+        # DVC exports DVC_STAGE (e.g. 'train_binary-addition-rnn') to every stage command.
         "dvc_stage": os.environ.get("DVC_STAGE", f"{stage}@{cfg.experiment_name} (outside dvc)"),
     }
     tags.update({k: str(v) for k, v in extra.items()})

@@ -35,7 +35,7 @@ def _duration(seconds: float) -> str:
 
 
 def progress_line(name: str, row: dict, total: int | None, seconds_per_epoch: float, monitor: str, best) -> str:
-    """`train@digits-cnn epoch 3/40  train/loss 0.1234  val/accuracy 0.9861 (best 0.9861)  2.1 s/epoch  ETA 1m18s`."""
+    """`train_digits-cnn epoch 3/40  train/loss 0.1234  val/accuracy 0.9861 (best 0.9861)  2.1 s/epoch  ETA 1m18s`."""
     epoch = int(row.get("epoch", 0)) + 1
     parts = [f"{name} epoch {epoch}" + (f"/{total}" if total else "")]
     for key in sorted(k for k in row if k.startswith(("train/", "val/"))):
@@ -63,7 +63,7 @@ class RunContext:
         self.history: list[dict] = []
         self.best_score: float | None = None  # of the saved checkpoint
         self.best_seen: float | None = None   # of the monitored metric, for the progress line
-        self.name = os.environ.get("DVC_STAGE") or f"train@{cfg.experiment_name}"
+        self.name = os.environ.get("DVC_STAGE") or f"train_{cfg.experiment_name}"
         self._start = time.perf_counter()
 
     @property

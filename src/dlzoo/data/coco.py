@@ -1,39 +1,26 @@
-"""Object detection and semantic segmentation on COCO-format data: generated "shapes", or your own.
+"""Detection and semantic segmentation on any COCO-format folder: an annotation JSON + its images.
 
-`prepare` draws seeded, deterministic images of circles, squares and triangles (category ids 1, 2, 3)
-of random size, colour and position on textured backgrounds (a colour gradient, smooth blotches and
-pixel noise), and writes each split as a real COCO dataset:
+A split is an annotation file and an image folder; by default `root/{split}/annotations.json` and
+`root/{split}/images` (the layout `prepare_shapes` writes), or any file and folder named by config.
 
-    out_dir/{train,val,test}/images/000001.png ...
-    out_dir/{train,val,test}/annotations.json      (loads with pycocotools.coco.COCO)
-
-Annotation conventions (why they are what they are):
-
-- `segmentation` is the *full* (amodal) outline of a shape as one polygon (a circle is a 32-gon),
-  and `bbox` is that polygon's extent, so both describe the whole shape even where a later shape
-  covers part of it. `area` is the polygon's (shoelace) area, consistent with `segmentation`; it
-  is *not* the visible pixel count.
-- Shapes are painted in annotation order, each one over the ones before it, and each shape's
-  pixels are exactly the pixels pycocotools rasterises from its polygon. Rasterising the polygons
-  in annotation order, later annotations over earlier ones (`rasterize_semantic_mask`), therefore
-  reproduces the image's shape pixels exactly. (PIL's own polygon fill also paints the boundary
-  pixels that pycocotools leaves out, 4-9% of a shape, which would make the masks disagree with the
-  image along every edge.)
-- Heavy occlusion is avoided: a new shape is rejected when its box IoU with an earlier one is above
-  0.3 or when it would hide more than half of an earlier shape's pixels. A shape's colour keeps a
-  distance from the background and the shapes it overlaps, so every annotated shape is visible.
-  The colour is kept in each annotation (`color`, an extra key COCO tools ignore).
-
-`validate_coco` checks any COCO file up front with errors that name the offending ids, and the
-datasets and `ShapesDataModule` work on any COCO-format folder: every split can be pointed at a
-user's own annotation file and image folder by config.
+- `validate_coco` checks a file before training starts and fails with one line naming the file,
+  the offending ids and the key: a malformed file otherwise fails deep inside a DataLoader worker
+  (or, worse, trains on boxes that point outside the image).
+- Labels are contiguous: label i (1..K) is the i-th category by ascending id, 0 is background, so
+  category ids with gaps (e.g. COCO's 1..90) still fit a K+1-way head.
+- Semantic masks paint each image's annotations in file order, later over earlier, from their
+  polygons or RLE, exactly as pycocotools rasterises them.
+- Crowd annotations (iscrowd=1) are treated as pycocotools' COCOeval treats them: not objects to
+  learn or to recall, but regions where detections are neither right nor wrong. A detection
+  target's `boxes`/`labels` (what the nets train on) leave them out, as torchvision's references
+  do; `crowd_boxes`/`crowd_labels` carry them to evaluation, and `dlzoo.models.detection.metric_target` hands both to
+  torchmetrics' COCO mAP with the `iscrowd` flag.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,206 +28,18 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_convert
 
 from dlzoo.data.common import SplitDataModule, require_prepared
-from dlzoo.io import write_json
 from dlzoo.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
-CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"})
-CIRCLE_VERTICES = 32
-MAX_BOX_IOU = 0.3  # a new shape may overlap an earlier one's box by at most this IoU ...
-MIN_VISIBLE = 0.5  # ... and must leave at least this fraction of every earlier shape visible
-MIN_CONTRAST = 80.0  # RGB distance of a shape's colour from what lies under it (best of 20 draws)
 TASKS = ("detection", "segmentation")
 
 
-# --------------------------------------------------------------------------------------- prepare
-
-
-def prepare(
-    out_dir: str,
-    image_size: int = 128,
-    n_train: int = 1200,
-    n_val: int = 200,
-    n_test: int = 300,
-    min_objects: int = 1,
-    max_objects: int = 4,
-    seed: int = 0,
-    min_size: int = 12,
-    max_size: int = 48,
-) -> dict:
-    """Write the three splits as COCO datasets under `out_dir`; return counts per split and category.
-
-    Shape sizes (side, diameter) are drawn from [min_size, min(max_size, image_size // 2)]. Each
-    image has its own random stream, seeded by (seed, split, index), so an image does not change
-    when the number of images in a split does.
-    """
-    if image_size < 16:
-        raise ConfigError(f"data.prepare.image_size must be >= 16, got {image_size}")
-    top = min(max_size, image_size // 2)
-    if not 2 <= min_size <= top:
-        raise ConfigError(
-            f"data.prepare.min_size must be in [2, min(max_size, image_size // 2) = {top}], got {min_size}"
-        )
-    if not 0 <= min_objects <= max_objects or max_objects < 1:
-        raise ConfigError(
-            f"need 0 <= data.prepare.min_objects <= max_objects and max_objects >= 1, got {min_objects}, {max_objects}"
-        )
-    counts = {"train": n_train, "val": n_val, "test": n_test}
-    for split, n in counts.items():
-        if n < 1:
-            raise ConfigError(f"data.prepare.n_{split} must be >= 1, got {n}")
-
-    out = Path(out_dir)
-    summary: dict = {"name": "shapes", "image_size": image_size, "seed": seed, "splits": {}}
-    for split_index, split in enumerate(SPLITS):
-        split_dir = out / split
-        if split_dir.exists():  # no stale images from an earlier, larger run
-            shutil.rmtree(split_dir)
-        (split_dir / "images").mkdir(parents=True)
-        images, annotations = [], []
-        for index in range(counts[split]):
-            rng = np.random.default_rng([seed, split_index, index])
-            pixels, shapes = _render_image(rng, image_size, min_objects, max_objects, min_size, top)
-            image_id = index + 1
-            file_name = f"{image_id:06d}.png"
-            Image.fromarray(pixels).save(split_dir / "images" / file_name)
-            images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
-            for shape in shapes:
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, **shape})
-        coco = {
-            "info": {
-                "description": "dlzoo shapes: circles, squares, triangles on textured backgrounds",
-                "version": "1.0",
-                "split": split,
-                "seed": seed,
-                "image_size": image_size,
-                "segmentation": "full (amodal) polygons in draw order; paint later over earlier",
-                "area": "polygon (shoelace) area of the full shape, not the visible pixels",
-            },
-            "licenses": [],
-            "images": images,
-            "annotations": annotations,
-            "categories": [{**c, "supercategory": "shape"} for c in CATEGORIES],
-        }
-        write_json(split_dir / "annotations.json", coco)
-        per_category = {c["name"]: sum(a["category_id"] == c["id"] for a in annotations) for c in CATEGORIES}
-        summary["splits"][split] = {"images": len(images), "annotations": len(annotations), "per_category": per_category}
-    write_json(out / "summary.json", summary)
-    return summary
-
-
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random two-colour gradient, smooth colour blotches and pixel noise: (size, size, 3) uint8."""
-    c0, c1 = rng.uniform(0, 255, (2, 3))
-    angle = rng.uniform(0, 2 * math.pi)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    t = xx * math.cos(angle) + yy * math.sin(angle)
-    t = (t - t.min()) / (t.max() - t.min() + 1e-9)
-    base = c0 + t[..., None] * (c1 - c0)
-    grid = int(rng.integers(3, 9))
-    coarse = rng.normal(0.0, 1.0, (grid, grid, 3)).astype(np.float32)
-    blotches = np.stack(
-        [np.asarray(Image.fromarray(coarse[..., k]).resize((size, size), Image.BICUBIC)) for k in range(3)],
-        axis=-1,
-    )
-    noise = rng.normal(0.0, rng.uniform(4, 16), (size, size, 3))
-    return np.clip(base + rng.uniform(10, 40) * blotches + noise, 0, 255).astype(np.uint8)
-
-
-def _outline(category_id: int, size: float, rng: np.random.Generator) -> np.ndarray:
-    """Vertices (n, 2) of a shape around (0, 0): `size` is the square's side, circle's diameter,
-    or the (equilateral, randomly rotated) triangle's side."""
-    if category_id == 1:
-        angles = 2 * math.pi * np.arange(CIRCLE_VERTICES) / CIRCLE_VERTICES
-        radius = size / 2
-    elif category_id == 2:
-        h = size / 2
-        return np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
-    else:
-        angles = rng.uniform(0, 2 * math.pi) + 2 * math.pi * np.arange(3) / 3
-        radius = size / math.sqrt(3)
-    return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
-
-
-def _polygon_mask(flat: list[float], height: int, width: int) -> np.ndarray:
-    rle = mask_utils.merge(mask_utils.frPyObjects([flat], height, width))
-    return mask_utils.decode(rle).astype(bool)
-
-
-def _render_image(rng, size, min_objects, max_objects, min_size, max_size) -> tuple[np.ndarray, list[dict]]:
-    """Paint shapes one by one over a background; return the pixels and their annotations (draw order)."""
-    pixels = _background(rng, size)
-    owner = np.full((size, size), -1, dtype=np.int64)  # index of the shape visible at each pixel
-    full_areas: list[int] = []
-    colors: list[np.ndarray] = []
-    boxes = torch.zeros((0, 4), dtype=torch.float64)
-    shapes: list[dict] = []
-    n_objects = int(rng.integers(min_objects, max_objects + 1))
-    for _ in range(100 * n_objects):
-        if len(shapes) == n_objects:
-            break
-        category_id = int(rng.integers(1, 4))
-        rel = _outline(category_id, rng.uniform(min_size, max_size), rng)
-        lo, hi = rel.min(axis=0), rel.max(axis=0)
-        # keep the whole shape at least 1 px inside the image
-        center = rng.uniform(1 - lo, size - 1 - hi)
-        poly = np.round(rel + center, 2)
-        x0, y0 = poly.min(axis=0)
-        x1, y1 = poly.max(axis=0)
-        box = torch.tensor([[x0, y0, x1, y1]], dtype=torch.float64)
-        if len(shapes) and float(box_iou(box, boxes).max()) > MAX_BOX_IOU:
-            continue
-        flat = poly.ravel().tolist()
-        mask = _polygon_mask(flat, size, size)
-        if not mask.any():
-            continue
-        lost = np.bincount(owner[mask] + 1, minlength=len(shapes) + 1)[1:]
-        still_visible = np.bincount(owner.ravel() + 1, minlength=len(shapes) + 1)[1:] - lost
-        if len(shapes) and (still_visible < MIN_VISIBLE * np.asarray(full_areas)).any():
-            continue
-        color = _pick_color(rng, pixels[mask], [colors[j] for j in np.flatnonzero(lost)])
-        pixels[mask] = color
-        owner[mask] = len(shapes)
-        full_areas.append(int(mask.sum()))
-        colors.append(color)
-        boxes = torch.cat([boxes, box])
-        shapes.append({
-            "category_id": category_id,
-            "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-            "area": round(_shoelace(poly), 2),
-            "segmentation": [flat],
-            "iscrowd": 0,
-            "color": [int(c) for c in color],
-        })
-    if len(shapes) < min_objects:
-        raise ConfigError(
-            f"could not place {min_objects} shapes without heavy overlap in a {size}x{size} image: "
-            f"lower data.prepare.min_objects or max_size, or raise image_size"
-        )
-    return pixels, shapes
-
-
-def _pick_color(rng, under: np.ndarray, overlapped: list[np.ndarray]) -> np.ndarray:
-    """The first of up to 20 random colours far enough from the background under the shape and the
-    shapes it covers (else the farthest of them), so no annotated shape is invisible."""
-    refs = [under.reshape(-1, 3).mean(axis=0)] + [c.astype(np.float64) for c in overlapped]
-    best, best_dist = None, -1.0
-    for _ in range(20):
-        color = rng.integers(0, 256, 3).astype(np.uint8)
-        dist = min(float(np.linalg.norm(color.astype(np.float64) - r)) for r in refs)
-        if dist > best_dist:
-            best, best_dist = color, dist
-        if dist >= MIN_CONTRAST:
-            break
-    return best
-
-
-def _shoelace(poly: np.ndarray) -> float:
-    x, y = poly[:, 0], poly[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a split in the default layout under `root`."""
+    return Path(root) / split / "annotations.json", Path(root) / split / "images"
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -263,8 +62,7 @@ def _is_number(v) -> bool:
 def validate_coco(json_path: str | Path, image_dir: str | Path, check_files: bool = True) -> dict:
     """Load a COCO-format file and check it before any training starts; return the parsed dict.
 
-    Raises DataError naming the problem and the offending ids: a malformed file otherwise fails
-    deep inside a DataLoader worker (or, worse, trains on boxes that point outside the image).
+    Raises DataError naming the file, the problem and the offending ids.
     """
     json_path, image_dir = Path(json_path), Path(image_dir)
     where = str(json_path)
@@ -329,6 +127,9 @@ def validate_coco(json_path: str | Path, image_dir: str | Path, check_files: boo
     bad = [a["id"] for a in anns if a["category_id"] not in category_ids]
     if bad:
         raise DataError(f"{where}: annotations with a category_id not in categories: ids {_ids(bad)}")
+    bad = [a["id"] for a in anns if a.get("iscrowd", 0) not in (0, 1)]  # 0/1 (and False/True) only
+    if bad:
+        raise DataError(f"{where}: annotations whose iscrowd is not 0 or 1: ids {_ids(bad)}")
     bad = [a["id"] for a in anns if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(map(_is_number, a["bbox"])))]
     if bad:
         raise DataError(f"{where}: annotations whose bbox is not 4 numbers [x, y, w, h]: ids {_ids(bad)}")
@@ -373,16 +174,18 @@ def _segmentation_ok(seg) -> bool:
 # ---------------------------------------------------------------------------------------- masks
 
 
+def polygons_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    """(height, width) bool: the pixels pycocotools rasterises from the polygons' union."""
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))).astype(bool)
+
+
 def _annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
     seg = ann.get("segmentation")
     if not seg:
         raise DataError(f"annotation {ann.get('id')} has no segmentation: a segmentation mask needs polygons or RLE")
     if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg["counts"], list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = seg
+        return polygons_mask(seg, height, width)
+    rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg  # uncompressed RLE
     if list(rle["size"]) != [height, width]:
         raise DataError(f"annotation {ann.get('id')}: RLE size {rle['size']} is not the image's {height}x{width}")
     return mask_utils.decode(rle).astype(bool)
@@ -399,7 +202,7 @@ def rasterize_semantic_mask(coco, image_id: int, height: int, width: int) -> np.
     """(height, width) int64 mask of `image_id`: 0 = background, else the category id.
 
     `coco` is a COCO dict or a `pycocotools.coco.COCO`. Annotations are painted in file order,
-    later over earlier, which reproduces the generated shapes images exactly.
+    later over earlier.
     """
     if hasattr(coco, "imgToAnns"):  # pycocotools.coco.COCO keeps file order per image
         if image_id not in coco.imgs:
@@ -418,10 +221,8 @@ def rasterize_semantic_mask(coco, image_id: int, height: int, width: int) -> np.
 class _CocoImages(Dataset):
     """Images of one COCO file, in file order, with their annotations in file order.
 
-    Labels are contiguous: label i (1..K) is the i-th category by ascending id, 0 is background,
-    so a user's COCO ids with gaps (e.g. 1..90) still fit a K+1-way head. For the shapes data
-    (ids 1, 2, 3) labels equal category ids. `cache` keeps decoded uint8 images (and targets) in
-    memory: small datasets load once; turn it off for large ones.
+    `cache` keeps decoded uint8 images (and targets) in memory: small datasets load once; turn it
+    off for large ones.
     """
 
     def __init__(self, json_path: str | Path, image_dir: str | Path, cache: bool = True, coco: dict | None = None):
@@ -466,31 +267,39 @@ class _CocoImages(Dataset):
 
 
 class CocoDetectionDataset(_CocoImages):
-    """(image [3, H, W] float in [0, 1], {"boxes": [N, 4] xyxy float, "labels": [N] int64, "image_id": int}).
+    """(image [3, H, W] float in [0, 1], target) with target = {"boxes": [N, 4] xyxy float,
+    "labels": [N] int64, "image_id": int, "crowd_boxes": [M, 4], "crowd_labels": [M]}.
 
-    Crowd annotations (iscrowd=1) are left out, as torchvision's detection references do.
+    `boxes`/`labels` are the objects (iscrowd=0), the only ones a net trains on; the crowd regions
+    are kept apart for evaluation (see `dlzoo.models.detection.metric_target`).
     """
 
     def __init__(self, json_path, image_dir, cache: bool = True, coco: dict | None = None):
         super().__init__(json_path, image_dir, cache=cache, coco=coco)
         self.targets = [self._target(im) for im in self.images]
 
-    def _target(self, im: dict) -> dict:
-        anns = [a for a in self.anns[im["id"]] if not a.get("iscrowd", 0)]
+    def _boxes_and_labels(self, anns: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        return {
-            "boxes": box_convert(xywh, in_fmt="xywh", out_fmt="xyxy"),
-            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
-            "image_id": int(im["id"]),
-        }
+        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
+        return box_convert(xywh, in_fmt="xywh", out_fmt="xyxy"), labels
+
+    def _target(self, im: dict) -> dict:
+        anns = self.anns[im["id"]]
+        boxes, labels = self._boxes_and_labels([a for a in anns if not a.get("iscrowd", 0)])
+        crowd_boxes, crowd_labels = self._boxes_and_labels([a for a in anns if a.get("iscrowd", 0)])
+        return {"boxes": boxes, "labels": labels, "image_id": int(im["id"]),
+                "crowd_boxes": crowd_boxes, "crowd_labels": crowd_labels}
 
     def __getitem__(self, index: int):
-        t = self.targets[index]
-        return self.image(index), {"boxes": t["boxes"].clone(), "labels": t["labels"].clone(), "image_id": t["image_id"]}
+        t = self.targets[index]  # cloned: a training step may change its batch's targets in place
+        return self.image(index), {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
 
 
 class CocoSegmentationDataset(_CocoImages):
-    """(image [3, H, W] float in [0, 1], mask [H, W] int64: 0 = background, else the label)."""
+    """(image [3, H, W] float in [0, 1], mask [H, W] int64: 0 = background, else the label).
+
+    Crowd regions are painted like any other annotation: their pixels do belong to the category.
+    """
 
     def __init__(self, json_path, image_dir, cache: bool = True, coco: dict | None = None):
         super().__init__(json_path, image_dir, cache=cache, coco=coco)
@@ -527,10 +336,10 @@ def segmentation_collate(batch):
 # ---------------------------------------------------------------------------------- datamodule
 
 
-class ShapesDataModule(SplitDataModule):
-    """Detection or segmentation batches from COCO folders: the prepared shapes data by default,
-    `data_dir/{split}/annotations.json` + `data_dir/{split}/images`; set `<split>_json` and
-    `<split>_images` to use your own COCO dataset for that split instead.
+class CocoDataModule(SplitDataModule):
+    """Detection or segmentation batches from COCO folders: `data_dir/{split}/annotations.json` +
+    `data_dir/{split}/images` by default (e.g. the prepared shapes); set `<split>_json` and
+    `<split>_images` to use another COCO dataset for that split instead.
 
     `setup` validates every split it needs (fit: train + val; validate: val; test/predict: test)
     before decoding any image. `num_classes` = categories + 1 (background); `category_names[label]`.
@@ -565,11 +374,10 @@ class ShapesDataModule(SplitDataModule):
         self._categories: list[tuple] | None = None
 
     def paths(self, split: str) -> tuple[Path, Path]:
-        """(annotation file, image folder) of a split; for the prepared data, checks it exists."""
+        """(annotation file, image folder) of a split; for the default layout, checks it exists."""
         if split in self.custom:
             return self.custom[split]
-        root = require_prepared(self.data_dir, f"{split}/annotations.json", f"{split}/images")
-        return root / split / "annotations.json", root / split / "images"
+        return split_paths(require_prepared(self.data_dir, f"{split}/annotations.json", f"{split}/images"), split)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, SPLITS)

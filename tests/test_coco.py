@@ -1,3 +1,6 @@
+"""The generic COCO module: the validator's errors, the datasets and the DataModule, on a user's own
+COCO folder and on the prepared shapes; crowd annotations kept apart from the training targets."""
+
 import copy
 import json
 
@@ -5,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
 
-from dlzoo.data.shapes_coco import (
+from dlzoo.data.coco import (
+    CocoDataModule,
     CocoDetectionDataset,
     CocoSegmentationDataset,
-    ShapesDataModule,
     detection_collate,
-    prepare,
     rasterize_semantic_mask,
     validate_coco,
 )
+from dlzoo.data.shapes import prepare
 from dlzoo.errors import ConfigError, DataError
+from dlzoo.models.detection import metric_target
 
 TINY = dict(image_size=64, n_train=6, n_val=2, n_test=2, max_objects=4, seed=3)
 
@@ -26,88 +29,6 @@ def shapes(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
     summary = prepare(str(out), **TINY)
     return out, summary
-
-
-def _instance_masks(coco: COCO, image_id: int) -> list:
-    return [(ann, coco.annToMask(ann).astype(bool)) for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))]
-
-
-def test_prepare_writes_coco_that_pycocotools_reads(shapes):
-    out, summary = shapes
-    coco = COCO(str(out / "train" / "annotations.json"))
-    assert sorted(coco.getImgIds()) == list(range(1, 7))
-    assert [(c["id"], c["name"], c["supercategory"]) for c in coco.loadCats(coco.getCatIds())] == [
-        (1, "circle", "shape"), (2, "square", "shape"), (3, "triangle", "shape")]
-    anns = coco.dataset["annotations"]
-    assert len({a["id"] for a in anns}) == len(anns) == summary["splits"]["train"]["annotations"]
-    assert sum(summary["splits"]["train"]["per_category"].values()) == len(anns)
-    assert all(a["iscrowd"] == 0 for a in anns)
-    assert (out / "train" / "images" / coco.loadImgs(1)[0]["file_name"]).is_file()
-    for image_id in coco.getImgIds():
-        masks = _instance_masks(coco, image_id)
-        ours = rasterize_semantic_mask(coco, image_id, 64, 64)
-        assert ours.dtype == np.int64
-        # the same from the plain dict, and the union of all shapes is the foreground
-        assert np.array_equal(ours, rasterize_semantic_mask(coco.dataset, image_id, 64, 64))
-        assert np.array_equal(ours != 0, np.any([m for _, m in masks], axis=0) if masks else np.zeros((64, 64), bool))
-        # the last-drawn annotation is never occluded: pycocotools and ours agree on all its pixels
-        last, last_mask = masks[-1]
-        assert last_mask.any() and (ours[last_mask] == last["category_id"]).all()
-
-
-def test_painting_annotations_in_order_reproduces_the_image(shapes):
-    out, _ = shapes
-    coco = COCO(str(out / "train" / "annotations.json"))
-    occluded = 0
-    for image_id in coco.getImgIds():
-        pixels = np.array(Image.open(out / "train" / "images" / coco.loadImgs(image_id)[0]["file_name"]))
-        owner = np.full((64, 64), -1)
-        masks = _instance_masks(coco, image_id)
-        for k, (_, m) in enumerate(masks):
-            occluded += int((owner[m] >= 0).any())
-            owner[m] = k
-        for k, (ann, m) in enumerate(masks):
-            visible = owner == k
-            # every shape stays mostly visible, and its visible pixels are exactly its colour
-            assert visible.sum() >= 0.5 * m.sum()
-            assert (pixels[visible] == ann["color"]).all()
-    assert occluded >= 1, "the tiny set should contain at least one overlap (seed 3)"
-
-
-def test_bboxes_lie_inside_the_image_and_span_the_polygon(shapes):
-    out, _ = shapes
-    for split in ("train", "val", "test"):
-        coco = json.loads((out / split / "annotations.json").read_text())
-        for a in coco["annotations"]:
-            x, y, w, h = a["bbox"]
-            assert all(isinstance(v, float) for v in a["bbox"])
-            assert 0 <= x and 0 <= y and x + w <= 64 and y + h <= 64 and w > 0 and h > 0
-            poly = np.array(a["segmentation"][0]).reshape(-1, 2)
-            assert len(a["segmentation"]) == 1 and len(poly) == {1: 32, 2: 4, 3: 3}[a["category_id"]]
-            assert np.allclose([x, y, x + w, y + h], [*poly.min(0), *poly.max(0)], atol=0.011)
-            px, py = poly[:, 0], poly[:, 1]
-            shoelace = abs(np.dot(px, np.roll(py, -1)) - np.dot(py, np.roll(px, -1))) / 2
-            assert a["area"] == pytest.approx(shoelace, abs=0.01)
-            assert 12 <= max(w, h) <= 32 * 1.16  # sizes 12..image_size//2; a triangle's side
-
-
-def test_same_seed_gives_identical_files(tmp_path):
-    a, b, c = (prepare(str(tmp_path / d), **{**TINY, "seed": s}) for d, s in (("a", 3), ("b", 3), ("c", 4)))
-    assert a == b
-    for split in ("train", "val", "test"):
-        files = [p.relative_to(tmp_path / "a") for p in sorted((tmp_path / "a" / split).rglob("*")) if p.is_file()]
-        assert len(files) == 1 + TINY[f"n_{split}"]  # annotations.json and the images
-        for f in files:
-            assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
-    first = "train/images/000001.png"
-    assert (tmp_path / "a" / first).read_bytes() != (tmp_path / "c" / first).read_bytes()
-
-
-def test_prepare_rejects_impossible_settings(tmp_path):
-    with pytest.raises(ConfigError, match="min_objects"):
-        prepare(str(tmp_path), min_objects=3, max_objects=2)
-    with pytest.raises(ConfigError, match="min_size"):
-        prepare(str(tmp_path), image_size=20)
 
 
 # ----------------------------------------------------------------------------------- validator
@@ -154,6 +75,7 @@ MALFORMED = {
     "bbox outside": (lambda c: c["annotations"][0].update(bbox=[35, 2, 10, 8]), r"outside their image.*ids 10"),
     "string id": (lambda c: c["annotations"][1].update(image_id="2"), r"id/image_id/category_id are not integers: #1"),
     "bad polygon": (lambda c: c["annotations"][0].update(segmentation=[[1, 2, 3, 4]]), r"segmentation.*ids 10"),
+    "iscrowd not 0/1": (lambda c: c["annotations"][1].update(iscrowd=2), r"iscrowd is not 0 or 1: ids 11"),
 }
 
 
@@ -205,6 +127,22 @@ def test_detection_items_are_xyxy_with_contiguous_labels(shapes):
     assert isinstance(images, list) and images[1].shape == (3, 32, 48)
 
 
+def test_crowd_regions_are_kept_out_of_training_targets_but_not_out_of_evaluation(tmp_path):
+    coco = _valid()
+    coco["annotations"] += [{"id": 12, "image_id": 1, "category_id": 9, "bbox": [20, 5, 15, 20], "iscrowd": 1},
+                            {"id": 13, "image_id": 1, "category_id": 5, "bbox": [2, 20, 8, 6], "iscrowd": 0}]
+    path, imgs = _write(tmp_path, coco)
+    _, target = CocoDetectionDataset(path, imgs)[0]
+    assert target["boxes"].tolist() == [[1, 2, 11, 10], [2, 20, 10, 26]] and target["labels"].tolist() == [1, 1]
+    assert target["crowd_boxes"].tolist() == [[20, 5, 35, 25]] and target["crowd_labels"].tolist() == [2]
+
+    seen = metric_target(target)  # objects first, then the crowd regions, flagged
+    assert seen["boxes"].tolist() == [[1, 2, 11, 10], [2, 20, 10, 26], [20, 5, 35, 25]]
+    assert seen["labels"].tolist() == [1, 1, 2] and seen["iscrowd"].tolist() == [0, 0, 1]
+    no_crowd = metric_target({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
+    assert no_crowd["boxes"].shape == (0, 4) and no_crowd["iscrowd"].shape == (0,)
+
+
 def test_segmentation_items_match_the_rasteriser(shapes):
     out, _ = shapes
     ds = CocoSegmentationDataset(out / "val" / "annotations.json", out / "val" / "images", cache=False)
@@ -238,7 +176,7 @@ def _custom_coco(tmp_path):
 def test_datamodule_on_a_users_own_coco_folder(tmp_path):
     js, pics = _custom_coco(tmp_path)
     paths = {f"{s}_{k}": str(v) for s in ("train", "val", "test") for k, v in (("json", js), ("images", pics))}
-    dm = ShapesDataModule(str(tmp_path / "not-prepared"), batch_size=2, **paths)
+    dm = CocoDataModule(str(tmp_path / "not-prepared"), batch_size=2, **paths)
     assert dm.num_classes == 3 and dm.category_names == ["background", "cat", "dog"] and dm.category_ids == [5, 9]
     dm.setup("fit")
     images, targets = next(iter(dm.val_dataloader()))
@@ -246,8 +184,8 @@ def test_datamodule_on_a_users_own_coco_folder(tmp_path):
     assert targets[0]["labels"].tolist() == [2, 1] and targets[0]["image_id"] == 7
 
     with pytest.raises(DataError, match="differ in size"):
-        ShapesDataModule(str(tmp_path), task="segmentation", batch_size=2, **paths).setup("fit")
-    dm = ShapesDataModule(str(tmp_path), task="segmentation", batch_size=1, **paths)
+        CocoDataModule(str(tmp_path), task="segmentation", batch_size=2, **paths).setup("fit")
+    dm = CocoDataModule(str(tmp_path), task="segmentation", batch_size=1, **paths)
     dm.setup("test")
     image, mask = next(iter(dm.test_dataloader()))
     assert image.shape == (1, 3, 30, 40) and mask.shape == (1, 30, 40)
@@ -257,13 +195,13 @@ def test_datamodule_on_a_users_own_coco_folder(tmp_path):
 def test_datamodule_defaults_and_one_split_pointed_elsewhere(shapes):
     out, _ = shapes
     elsewhere = {"val_json": str(out / "test" / "annotations.json"), "val_images": str(out / "test" / "images")}
-    dm = ShapesDataModule(str(out), batch_size=4, **elsewhere)
+    dm = CocoDataModule(str(out), batch_size=4, **elsewhere)
     dm.setup("fit")
     assert set(dm.datasets) == {"train", "val"}  # fit does not need the test split
     assert len(dm.datasets["train"]) == 6 and dm.datasets["val"].json_path == out / "test" / "annotations.json"
     images, targets = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 64, 64) and len(targets) == 4
-    dm = ShapesDataModule(str(out), task="segmentation", batch_size=2)
+    dm = CocoDataModule(str(out), task="segmentation", batch_size=2)
     dm.setup()
     images, masks = next(iter(dm.test_dataloader()))
     assert images.shape == (2, 3, 64, 64) and masks.shape == (2, 64, 64) and masks.dtype == torch.int64
@@ -276,20 +214,20 @@ def test_datamodule_rejects_categories_that_differ_between_splits(shapes, tmp_pa
     coco = copy.deepcopy(coco)
     coco["categories"][2]["name"] = "tri"
     (tmp_path / "val.json").write_text(json.dumps(coco))
-    dm = ShapesDataModule(str(out), val_json=str(tmp_path / "val.json"), val_images=str(out / "val" / "images"))
+    dm = CocoDataModule(str(out), val_json=str(tmp_path / "val.json"), val_images=str(out / "val" / "images"))
     with pytest.raises(DataError, match="differ from the other splits"):
         dm.setup("fit")
 
 
 def test_missing_prepared_data_names_the_fix(tmp_path):
     with pytest.raises(DataError, match="dvc repro"):
-        ShapesDataModule(str(tmp_path / "nowhere")).setup("fit")
+        CocoDataModule(str(tmp_path / "nowhere")).setup("fit")
     with pytest.raises(DataError, match="dvc repro"):
-        ShapesDataModule(str(tmp_path / "nowhere")).num_classes
+        CocoDataModule(str(tmp_path / "nowhere")).num_classes
 
 
 def test_datamodule_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="detection, segmentation"):
-        ShapesDataModule(str(tmp_path), task="classification")
+        CocoDataModule(str(tmp_path), task="classification")
     with pytest.raises(ConfigError, match="go together"):
-        ShapesDataModule(str(tmp_path), train_json="a.json")
+        CocoDataModule(str(tmp_path), train_json="a.json")

@@ -1,0 +1,163 @@
+"""The README's first command as a user types it: `make repro PROFILE=smoke` in a fresh copy of the repo,
+from a shell where no virtualenv is active (PATH without any venv, no VIRTUAL_ENV, no PYTHONPATH).
+
+Then what the pipeline promises: every stage ran and DVC calls the result up to date; each stage imported
+only project files that are among its DVC deps; the smoke models beat chance; the MLflow runs carry the
+standard tags and the same numbers as the DVC metrics; an unchanged pipeline runs nothing; editing one
+family's model file makes DVC list only that family's stages; a one-command variant reruns only its family.
+
+The copy shares this checkout's `.venv` (a symlink): installing the 5 GB stack again would only re-test pip.
+What is under test is that `make` finds that environment and runs every stage command with it while nothing
+is activated. The DVC remote is reached as the README says, `../shared/dvc-remote` beside the copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, mlflow_runs, sqlite_ok
+
+VENV = Path(sys.prefix)
+
+
+def user_env(extra: dict | None = None) -> dict:
+    """A login shell's environment: no venv on PATH, nothing activated, no project variables."""
+    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+            if p and not Path(p, "activate").exists() and ".venv" not in p]
+    env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER") if k in os.environ}
+    env["PATH"] = os.pathsep.join(path)
+    env.update(extra or {})
+    return env
+
+
+def sh(*args: str, cwd: Path, env: dict | None = None, timeout: int = 2400) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env or user_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def activated_env() -> dict:
+    """The shell of a user who ran `. .venv/bin/activate`, as the README says after `make repro`."""
+    env = user_env({"VIRTUAL_ENV": str(VENV)})
+    env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return sh("dvc", *args, cwd=cwd, env=activated_env())
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    """A fresh copy (tracked and new files, nothing ignored: no artifacts, no mlflow.db) with `make repro PROFILE=smoke` run in it."""
+    base = tmp_path_factory.mktemp("fresh")
+    dst = base / "dlzoo"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
+    for rel in listed.stdout.splitlines():
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    (base / "shared").symlink_to((REPO.parent / "shared").resolve())
+    (dst / ".venv").symlink_to(VENV)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    sh("git", "init", "-q", cwd=dst)
+    sh(*git, "add", "-A", cwd=dst)
+    sh(*git, "commit", "-qm", "fresh copy", cwd=dst)
+    audit = base / "imports.jsonl"
+    out = sh("make", "repro", "PROFILE=smoke", cwd=dst, env=user_env({"DLZOO_IMPORT_AUDIT": str(audit)}))
+    return dst, out.stdout + out.stderr, audit
+
+
+def stage_table(dst: Path) -> dict:
+    return yaml.safe_load((dst / "dvc.yaml").read_text())["stages"]
+
+
+def metrics_of(dst: Path, rel: str) -> dict:
+    return json.loads((dst / rel).read_text())
+
+
+def test_make_repro_runs_every_stage(fresh):
+    dst, log, _ = fresh
+    ran = set(re.findall(r"Running stage '([^']+)'", log))
+    assert ran == set(stage_table(dst)), sorted(set(stage_table(dst)) - ran)
+    assert json.loads(dvc("status", "--json", cwd=dst).stdout or "{}") == {}
+    assert "epoch 2/2" in log and "done in" in log  # the progress and elapsed-time lines reach the user
+
+
+def test_each_stage_imports_only_its_deps(fresh):
+    dst, _, audit = fresh
+    stages = stage_table(dst)
+    seen = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert {r["stage"] for r in seen} == set(stages)
+    for record in seen:
+        outside = [f for f in record["files"] if not Path(f).resolve().is_relative_to(dst.resolve())]
+        assert not outside, f"{record['stage']} imported the project from outside its tree: {outside[:3]}"
+        files = {str(Path(f).resolve().relative_to(dst.resolve())) for f in record["files"]}
+        missing = files - set(stages[record["stage"]]["deps"])
+        assert not missing, f"{record['stage']} imported {sorted(missing)}, which are not among its deps"
+
+
+def test_smoke_models_beat_chance(fresh):
+    """Two tiny epochs still learn: thresholds are the chance levels of each task, fixed by the task itself."""
+    dst, _, _ = fresh
+    assert metrics_of(dst, "metrics/digits/cnn.json")["test/accuracy"] > 0.2          # 10 balanced classes: chance 0.1
+    assert metrics_of(dst, "metrics/binary-addition/rnn.json")["test/bit_accuracy"] > 0.5  # a fair coin per bit
+    unet = metrics_of(dst, "metrics/segmentation-shapes/unet.json")
+    assert unet["test/pixel_accuracy"] > 0.5   # background is most pixels: even all-background beats 0.5
+    sunspots = metrics_of(dst, "metrics/timeseries-sunspots/ar.json")
+    assert sunspots["test/mae"] < metrics_of(dst, "metrics/timeseries-sunspots/naive.json")["test/mae"] * 1.5
+
+
+def test_mlflow_runs_carry_tags_and_the_dvc_numbers(fresh):
+    dst, _, _ = fresh
+    db = dst / "mlflow.db"
+    assert sqlite_ok(db)
+    runs = mlflow_runs(db)
+    stages = stage_table(dst)
+    train_runs = {r["tags"]["dvc_stage"]: r for r in runs if r["tags"]["stage"] == "train"}
+    assert set(train_runs) == {s for s in stages if s.startswith("train_")}
+    for run in runs:
+        assert run["status"] == "FINISHED", run
+        assert run["tags"]["profile"] == "smoke" and re.fullmatch(r"[0-9a-f]{40}", run["tags"]["git_commit"])
+    for run in train_runs.values():
+        assert run["params"]["hardware/precision"] in ("32-true", "bf16-mixed")
+    for run in (r for r in runs if r["tags"]["stage"] == "evaluate" and r["experiment"] == "timeseries-sunspots"):
+        on_disk = metrics_of(dst, f"metrics/timeseries-sunspots/{run['name']}.json")
+        assert run["metrics"]["test/mae"] == pytest.approx(on_disk["test/mae"])
+
+
+def test_unchanged_pipeline_runs_nothing(fresh):
+    dst, _, _ = fresh
+    out = sh("make", "repro", "PROFILE=smoke", cwd=dst).stdout
+    assert "Running stage" not in out
+
+
+def test_editing_one_model_file_stales_only_its_family(fresh):
+    dst, _, _ = fresh
+    model = dst / "src/dlzoo/models/vae.py"
+    original = model.read_text()
+    try:
+        model.write_text(original + "\n# an edit\n")
+        stale = set(json.loads(dvc("status", "--json", cwd=dst).stdout or "{}"))
+    finally:
+        model.write_text(original)
+    assert stale == {"train_digits-generative-vae", "evaluate_digits-generative-vae"}
+
+
+def test_one_command_variant_reruns_only_that_family(fresh):
+    dst, _, _ = fresh
+    out = dvc("exp", "run", "-S", "conf/experiment/timeseries-sine-gru.yaml:model.net.hidden_size=8", cwd=dst).stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"train_timeseries-sine-gru", "evaluate_timeseries-sine-gru"}
+    hidden = [r["params"]["model.net.hidden_size"] for r in mlflow_runs(dst / "mlflow.db")
+              if r["tags"]["stage"] == "train" and r["name"] == "gru" and r["experiment"] == "timeseries-sine"]
+    assert sorted(hidden) == ["32", "8"]

@@ -1,0 +1,104 @@
+"""The shapes generator (`prepare_shapes`): seeded, valid COCO whose polygons, painted in order,
+reproduce the images."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from dlzoo.data.coco import rasterize_semantic_mask
+from dlzoo.data.shapes import prepare
+from dlzoo.errors import ConfigError
+
+TINY = dict(image_size=64, n_train=6, n_val=2, n_test=2, max_objects=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    summary = prepare(str(out), **TINY)
+    return out, summary
+
+
+def _instance_masks(coco: COCO, image_id: int) -> list:
+    return [(ann, coco.annToMask(ann).astype(bool)) for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))]
+
+
+def test_prepare_writes_coco_that_pycocotools_reads(shapes):
+    out, summary = shapes
+    coco = COCO(str(out / "train" / "annotations.json"))
+    assert sorted(coco.getImgIds()) == list(range(1, 7))
+    assert [(c["id"], c["name"], c["supercategory"]) for c in coco.loadCats(coco.getCatIds())] == [
+        (1, "circle", "shape"), (2, "square", "shape"), (3, "triangle", "shape")]
+    anns = coco.dataset["annotations"]
+    assert len({a["id"] for a in anns}) == len(anns) == summary["splits"]["train"]["annotations"]
+    assert sum(summary["splits"]["train"]["per_category"].values()) == len(anns)
+    assert all(a["iscrowd"] == 0 for a in anns)
+    assert (out / "train" / "images" / coco.loadImgs(1)[0]["file_name"]).is_file()
+    for image_id in coco.getImgIds():
+        masks = _instance_masks(coco, image_id)
+        ours = rasterize_semantic_mask(coco, image_id, 64, 64)
+        assert ours.dtype == np.int64
+        # the same from the plain dict, and the union of all shapes is the foreground
+        assert np.array_equal(ours, rasterize_semantic_mask(coco.dataset, image_id, 64, 64))
+        assert np.array_equal(ours != 0, np.any([m for _, m in masks], axis=0) if masks else np.zeros((64, 64), bool))
+        # the last-drawn annotation is never occluded: pycocotools and ours agree on all its pixels
+        last, last_mask = masks[-1]
+        assert last_mask.any() and (ours[last_mask] == last["category_id"]).all()
+
+
+def test_painting_annotations_in_order_reproduces_the_image(shapes):
+    out, _ = shapes
+    coco = COCO(str(out / "train" / "annotations.json"))
+    occluded = 0
+    for image_id in coco.getImgIds():
+        pixels = np.array(Image.open(out / "train" / "images" / coco.loadImgs(image_id)[0]["file_name"]))
+        owner = np.full((64, 64), -1)
+        masks = _instance_masks(coco, image_id)
+        for k, (_, m) in enumerate(masks):
+            occluded += int((owner[m] >= 0).any())
+            owner[m] = k
+        for k, (ann, m) in enumerate(masks):
+            visible = owner == k
+            # every shape stays mostly visible, and its visible pixels are exactly its colour
+            assert visible.sum() >= 0.5 * m.sum()
+            assert (pixels[visible] == ann["color"]).all()
+    assert occluded >= 1, "the tiny set should contain at least one overlap (seed 3)"
+
+
+def test_bboxes_lie_inside_the_image_and_span_the_polygon(shapes):
+    out, _ = shapes
+    for split in ("train", "val", "test"):
+        coco = json.loads((out / split / "annotations.json").read_text())
+        for a in coco["annotations"]:
+            x, y, w, h = a["bbox"]
+            assert all(isinstance(v, float) for v in a["bbox"])
+            assert 0 <= x and 0 <= y and x + w <= 64 and y + h <= 64 and w > 0 and h > 0
+            poly = np.array(a["segmentation"][0]).reshape(-1, 2)
+            assert len(a["segmentation"]) == 1 and len(poly) == {1: 32, 2: 4, 3: 3}[a["category_id"]]
+            assert np.allclose([x, y, x + w, y + h], [*poly.min(0), *poly.max(0)], atol=0.011)
+            px, py = poly[:, 0], poly[:, 1]
+            shoelace = abs(np.dot(px, np.roll(py, -1)) - np.dot(py, np.roll(px, -1))) / 2
+            assert a["area"] == pytest.approx(shoelace, abs=0.01)
+            assert 12 <= max(w, h) <= 32 * 1.16  # sizes 12..image_size//2; a triangle's side
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    a, b, c = (prepare(str(tmp_path / d), **{**TINY, "seed": s}) for d, s in (("a", 3), ("b", 3), ("c", 4)))
+    assert a == b
+    for split in ("train", "val", "test"):
+        files = [p.relative_to(tmp_path / "a") for p in sorted((tmp_path / "a" / split).rglob("*")) if p.is_file()]
+        assert len(files) == 1 + TINY[f"n_{split}"]  # annotations.json and the images
+        for f in files:
+            assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    first = "train/images/000001.png"
+    assert (tmp_path / "a" / first).read_bytes() != (tmp_path / "c" / first).read_bytes()
+
+
+def test_prepare_rejects_impossible_settings(tmp_path):
+    with pytest.raises(ConfigError, match="min_objects"):
+        prepare(str(tmp_path), min_objects=3, max_objects=2)
+    with pytest.raises(ConfigError, match="min_size"):
+        prepare(str(tmp_path), image_size=20)

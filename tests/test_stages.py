@@ -1,0 +1,111 @@
+"""The stage table and the lock are evidence: dvc.yaml is what the recipes generate, each stage depends on
+the code it imports and nothing it does not, the layers import in one direction, and every dependency
+recorded in dvc.lock is the file in the tree (results come from running stages, never from `dvc commit`)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO
+from dlzoo import stages as stage_table
+
+LAYERS = ["data", "models", "training", "evaluation", "compression"]
+# What each layer may import (the direction data -> models -> training / evaluation -> compression).
+ALLOWED = {
+    "data": set(),
+    "models": set(),
+    "training": {"data", "models"},
+    "evaluation": {"data", "models"},
+    "compression": {"data", "models", "training", "evaluation"},
+}
+
+
+@pytest.fixture(scope="module")
+def generated() -> dict:
+    return stage_table.build_stages()
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def test_dvc_yaml_is_generated_from_the_recipes(generated):
+    assert (REPO / "dvc.yaml").read_text() == stage_table.render(generated), "dvc.yaml is stale: run `make stages`"
+
+
+def test_every_recipe_has_its_stages(generated):
+    for name in stage_table.recipe_names():
+        if name.endswith("-baselines"):
+            assert f"baselines_{name}" in generated
+        else:
+            assert {f"train_{name}", f"evaluate_{name}"} <= set(generated)
+
+
+def test_import_closure_follows_lazy_and_package_imports(tmp_path):
+    """A function-level import is a dependency, and importing a.b.c runs a/__init__ and a/b/__init__."""
+    deps = {str(p.relative_to(REPO)) for p in stage_table.import_closure([REPO / "pipelines/train.py"], ["dlzoo.training.lightning"])}
+    assert {"src/dlzoo/__init__.py", "src/dlzoo/training/__init__.py", "src/dlzoo/training/callbacks.py",
+            "src/dlzoo/checkpoints.py", "src/dlzoo/cli.py"} <= deps
+    assert not any("/compression/" in d or "/evaluation/" in d for d in deps)
+
+
+def test_one_model_file_is_a_dependency_of_its_family_only(committed):
+    """Editing the VAE retrains the VAE and nothing else; editing the Transformer touches its train, evaluate
+    and compress stages (their report depends on their outputs), never another task's."""
+    def dependants(path: str) -> set[str]:
+        return {name for name, stage in committed["stages"].items() if path in stage.get("deps", [])}
+
+    assert dependants("src/dlzoo/models/vae.py") == {"train_digits-generative-vae", "evaluate_digits-generative-vae"}
+    transformer = dependants("src/dlzoo/models/transformer.py")
+    assert {"train_translation-en-ja-transformer", "evaluate_translation-en-ja-transformer"} <= transformer
+    assert all("translation-en-ja" in name for name in transformer)
+    assert "train_translation-en-ja-transformer" not in dependants("src/dlzoo/models/cnn.py")
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_layers_import_in_one_direction(layer):
+    for path in sorted((REPO / "src/dlzoo" / layer).glob("*.py")):
+        for name in stage_table.direct_imports(path):
+            parts = name.split(".")
+            other = parts[1] if len(parts) > 1 else None
+            if other in LAYERS and other != layer:
+                assert other in ALLOWED[layer], f"{path.relative_to(REPO)} imports {name}: {layer} may not import {other}"
+
+
+def _git_tracked() -> set[str]:
+    out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return set(out.splitlines())
+
+
+def test_lock_records_the_tree(committed):
+    """Every code/config dependency recorded in dvc.lock has the md5 of the file in the tree, each locked stage
+    has the deps, command and params dvc.yaml gives it now. Stages without a lock entry have not run yet."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    tracked = _git_tracked()
+    problems = []
+    for name, entry in lock.items():
+        stage = committed["stages"].get(name)
+        if stage is None:
+            problems.append(f"{name}: locked but not in dvc.yaml")
+            continue
+        want_deps = {d.replace("${profile}", params["profile"]) for d in stage["deps"]}
+        got_deps = {d["path"] for d in entry.get("deps", [])}
+        if want_deps != got_deps:
+            problems.append(f"{name}: deps differ from dvc.yaml ({sorted(want_deps ^ got_deps)[:5]})")
+        cmd = stage["cmd"].replace("${profile}", str(params["profile"])).replace("${trainer}", str(params["trainer"]))
+        if entry.get("cmd") != cmd:
+            problems.append(f"{name}: command differs ({entry.get('cmd')!r} vs {cmd!r})")
+        for key, value in entry.get("params", {}).get("params.yaml", {}).items():
+            if params.get(key) != value:
+                problems.append(f"{name}: param {key}={value} in the lock, {params.get(key)} in params.yaml")
+        for dep in entry.get("deps", []):
+            if dep["path"] in tracked and "md5" in dep:
+                if hashlib.md5((REPO / dep["path"]).read_bytes()).hexdigest() != dep["md5"]:
+                    problems.append(f"{name}: {dep['path']} changed since the stage ran")
+    assert not problems, "dvc.lock is not the tree's (re-run these stages):\n" + "\n".join(problems)
