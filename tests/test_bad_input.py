@@ -78,7 +78,7 @@ def test_checkpoint_that_does_not_fit_the_config(trained, make_cfg):
 def test_foreign_checkpoint_without_stamp(workdir):
     path = workdir / "plain.ckpt"
     torch.save({"state_dict": {}}, path)
-    with pytest.raises(CheckpointError, match="not written by dlzoo"):
+    with pytest.raises(CheckpointError, match="not written by a dlzoo runner"):
         load_checkpoint(path, "binary-addition", "rnn")
 
 

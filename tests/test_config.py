@@ -60,3 +60,19 @@ def test_tracking_uri_defaults_to_sqlite_and_env_overrides(make_cfg, monkeypatch
     assert make_cfg("experiment=binary-addition-rnn").tracking.uri == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert make_cfg("experiment=binary-addition-rnn").tracking.uri == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("native,expected", [("1", "bf16-mixed"), ("0", "32-true")])
+def test_precision_auto_follows_the_cpu(make_cfg, monkeypatch, native, expected):
+    """`precision: auto` is bf16 autocast only where the CPU computes bf16 natively; elsewhere (e.g. AVX2-only
+    EPYCs, where bf16 is emulated and convolutions run many times slower) float32."""
+    from dlzoo.hardware import resolve_precision
+    from dlzoo.training.trainer import build_trainer
+
+    monkeypatch.setenv("DLZOO_CPU_BF16", native)
+    cfg = make_cfg("experiment=translation-en-ja-transformer")
+    assert cfg.trainer.precision == "auto"
+    assert resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator) == expected
+    trainer = build_trainer(make_cfg("experiment=segmentation-shapes-unet", "profile=smoke").trainer, logger=False)
+    assert str(trainer.precision) == expected
+    assert resolve_precision("32-true", "cpu") == "32-true"  # an explicit choice is kept as given

@@ -12,8 +12,19 @@ from collections.abc import Callable
 from dlzoo.errors import DlzooError
 
 log = logging.getLogger("dlzoo")
-# Set before the entry point's imports: the seconds a stage spends starting up are part of its time.
-_PROCESS_START = time.perf_counter()
+
+
+def _process_age() -> float:
+    """Seconds since this process started (the interpreter's own start-up and every import included)."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # no psutil: count from this module's import instead
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
 
 
 def quiet_libraries() -> None:
@@ -36,6 +47,7 @@ def run_stage(fn: Callable, cfg) -> None:
     with its one-line message and exit code 2."""
     quiet_libraries()
     name = stage_name(cfg)
+    startup = _process_age()
     started = time.perf_counter()
     try:
         fn(cfg)
@@ -43,11 +55,10 @@ def run_stage(fn: Callable, cfg) -> None:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    done = time.perf_counter()
+    work = time.perf_counter() - started
     _record_imports(name)
     if _is_rank_zero():
-        print(f"{name}: done in {done - _PROCESS_START:.1f} s "
-              f"(start-up {started - _PROCESS_START:.1f} s, work {done - started:.1f} s)", flush=True)
+        print(f"{name}: done in {startup + work:.1f} s (start-up {startup:.1f} s, work {work:.1f} s)", flush=True)
 
 
 def _is_rank_zero() -> bool:

@@ -1,8 +1,9 @@
 """What the train stage gives every runner, supervised or not (the runner contract).
 
 A runner is `runner(cfg, ctx) -> dict`, named by the recipe (`runner: {_target_: ..., _partial_: true}`).
-The pipeline opens the MLflow run (experiment = task, run name = family, the standard tags) before it
-calls the runner and closes it after; through `ctx` the runner gets
+The pipeline owns the MLflow run (experiment = task, run name = family, the standard tags): it is opened
+the first time the runner needs it (`ctx.run_id`), so a runner that fails on its inputs first leaves no run
+behind, and closed after the runner returns (FAILED if it raised). Through `ctx` the runner gets
 
 - `ctx.log_metrics(metrics, step)`: metrics into that run (rank 0 only);
 - `ctx.end_epoch(row)`: one row of the learning curve (`epoch`, `train/*`, `val/*` keys), printed as one
@@ -55,8 +56,10 @@ def progress_line(name: str, row: dict, total: int | None, seconds_per_epoch: fl
 
 
 class RunContext:
-    def __init__(self, cfg: DictConfig, run_id: str | None, tracking_uri: str, total_epochs: int | None = None):
-        self.cfg, self.run_id, self.tracking_uri = cfg, run_id, tracking_uri
+    def __init__(self, cfg: DictConfig, tracking_uri: str, is_main: bool = True, open_run=None,
+                 total_epochs: int | None = None):
+        self.cfg, self.tracking_uri, self._is_main, self._open_run = cfg, tracking_uri, is_main, open_run
+        self._run_id: str | None = None
         self.model_dir, self.plots_dir = Path(cfg.paths.model_dir), Path(cfg.paths.plots_dir)
         self.monitor, self.mode = cfg.checkpoint.monitor, cfg.checkpoint.mode
         self.total_epochs = total_epochs
@@ -69,7 +72,18 @@ class RunContext:
     @property
     def is_main(self) -> bool:
         """Rank 0: the process that writes files and talks to MLflow."""
-        return self.run_id is not None
+        return self._is_main
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run of this stage (opened on first use, rank 0 only; None on other ranks)."""
+        if self._is_main and self._run_id is None and self._open_run is not None:
+            self._run_id = self._open_run()
+        return self._run_id
+
+    @property
+    def run_opened(self) -> bool:
+        return self._run_id is not None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.is_main:

@@ -40,8 +40,8 @@ def train(cfg: DictConfig) -> dict:
     runner = build(cfg.runner, "runner")
     precision = resolve_precision(cfg.trainer.get("precision", "32-true"), str(cfg.trainer.get("accelerator", "cpu")))
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
-    run_id = _open_run(cfg, tracking_uri, precision) if _is_rank_zero() else None
-    ctx = RunContext(cfg, run_id, tracking_uri, total_epochs=cfg.trainer.get("max_epochs"))
+    ctx = RunContext(cfg, tracking_uri, is_main=_is_rank_zero(), open_run=lambda: _open_run(cfg, tracking_uri, precision),
+                     total_epochs=cfg.trainer.get("max_epochs"))
     start = time.perf_counter()
     try:
         result = runner(cfg, ctx)
@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> dict:
     if not ctx.is_main:
         return {}
     model, example = result.pop("model", None), result.pop("example", None)
-    summary = {"run_id": run_id, "task": cfg.task, "family": cfg.family, "experiment": cfg.experiment_name,
+    summary = {"run_id": ctx.run_id, "task": cfg.task, "family": cfg.family, "experiment": cfg.experiment_name,
                "monitor": ctx.monitor, "train_seconds": round(time.perf_counter() - start, 1), **result}
     if model is not None:
         from dlzoo.models import count_parameters
@@ -82,7 +82,7 @@ def _open_run(cfg: DictConfig, tracking_uri: str, precision: str) -> str:
 
 
 def _close_run(ctx: RunContext, status: str) -> None:
-    if ctx.is_main:
+    if ctx.is_main and ctx.run_opened:
         from mlflow import MlflowClient
 
         client = MlflowClient(ctx.tracking_uri)
