@@ -17,7 +17,7 @@ RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" PYTHONPATH="$(CURDI
 
 .PHONY: help venv data repro stages results test test-slow ui clean
 help:
-	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; ~2 h on 2 cores)"
+	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; see README: Timings)"
 	@echo "make repro PROFILE=smoke the same pipeline at smoke size (minutes): try this first"
 	@echo "make test               bootstrap, then run the default test suite (pytest, not slow)"
 	@echo "make test-slow          the slow tests too (long end-to-end runs)"

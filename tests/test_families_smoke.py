@@ -13,13 +13,6 @@ RAW = Path(__file__).resolve().parents[1] / "data"
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml") if not p.stem.endswith("baselines"))
 
 
-# The headline held-out metric of each task.
-HEADLINE = {
-    "binary-addition": "test/accuracy", "timeseries-sine": "test/mae", "timeseries-sunspots": "test/mae",
-    "digits": "test/accuracy", "digits-generative": "test/neg_elbo",
-    "detection-shapes": "test/map_50", "segmentation-shapes": "test/miou",
-    "embeddings-en": "test/wordsim_spearman", "translation-en-ja": "test/bleu",
-}
 # Generated datasets are shrunk further than the smoke profile does.
 TINY_DATA = {"shapes": ["data.prepare.n_train=8", "data.prepare.n_val=4", "data.prepare.n_test=4", "data.prepare.image_size=64"],
              # raw text from the repository (tests run in a scratch directory), its first 5,000 lines
@@ -27,13 +20,10 @@ TINY_DATA = {"shapes": ["data.prepare.n_train=8", "data.prepare.n_val=4", "data.
              "enja": [f"data.prepare.raw_dir={RAW}/enja", "data.prepare.limit_train=2000", "data.prepare.n_val=200"]}
 
 
-# One family per task runs by default; every stage of every family also runs in tests/test_pipeline_e2e.py
-# (`dvc repro` on smoke), so the rest are `slow` here (`make test-slow`) to keep the suite under 15 minutes.
-DEFAULT_SMOKE = {"binary-addition-rnn", "timeseries-sine-gru", "timeseries-sunspots-lstm", "digits-cnn", "digits-generative-vae",
-                 "segmentation-shapes-unet", "detection-shapes-yolo", "embeddings-en-skipgram", "translation-en-ja-seq2seq-attn"}
-
-
-@pytest.mark.parametrize("experiment", [e if e in DEFAULT_SMOKE else pytest.param(e, marks=pytest.mark.slow) for e in EXPERIMENTS])
+# Every stage of every family runs through DVC in tests/test_make_repro.py (`make repro PROFILE=smoke`), so
+# these in-process runs (handy under a debugger) are `slow` (`make test-slow`) to keep the suite under 15 minutes.
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_smoke_fit_and_evaluate(experiment, workdir, make_cfg):
     cfg = make_cfg(f"experiment={experiment}", "profile=smoke")
     cfg = make_cfg(f"experiment={experiment}", "profile=smoke", "tracking.log_model=false", *TINY_DATA.get(cfg.data.name, []))
@@ -44,7 +34,7 @@ def test_smoke_fit_and_evaluate(experiment, workdir, make_cfg):
 
     on_disk = json.loads(Path(cfg.paths.metrics_file).read_text())
     assert on_disk == pytest.approx(metrics)
-    key = HEADLINE[cfg.task]
+    key = cfg.results.metric  # the task's headline metric, as its recipe declares it
     assert key in on_disk and on_disk["num_params"] > 0
 
     runs = mlflow_runs(workdir / "mlflow.db")
@@ -62,7 +52,7 @@ def test_smoke_fit_and_evaluate(experiment, workdir, make_cfg):
 def test_binary_addition_logs_gradient_norm_and_registers_model(workdir, make_cfg):
     from mlflow.tracking import MlflowClient
 
-    cfg = make_cfg("experiment=binary-addition-rnn", "profile=smoke", "tracking.register_model=true")
+    cfg = make_cfg("experiment=binary-addition-rnn", "profile=smoke", "tracking.log_model=true", "tracking.register_model=true")
     prepare_data(cfg)
     summary = train(cfg)
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")

@@ -9,7 +9,7 @@ Design, top to bottom:
   head gives per-pixel class logits (B, num_classes, H, W) at the input resolution.
   `norm` picks the normalisation layer by name (dlzoo.models.norm); `channels_last` keeps the
   feature maps in NHWC layout, in which oneDNN's CPU convolutions (and GPU tensor cores) run
-  faster (~1.7x on a CPU core here; bf16 autocast gives another ~1.5x). The deepest level sees a
+  faster. The deepest level sees a
   receptive field large enough for the whole object, which is what tells a square from a circle;
   the skips put its edges back in place.
 - `SegmentationModule`: the LightningModule around any such net: per-pixel cross-entropy,

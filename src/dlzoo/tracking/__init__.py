@@ -2,6 +2,7 @@
 
 from dlzoo.tracking.mlflow_tracking import (  # noqa: F401
     artifact_location,
+    client,
     ensure_experiment,
     flat_params,
     git_commit,

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -30,14 +31,20 @@ def artifact_location(root: str, experiment: str) -> str | None:
     return (Path(root) / experiment).resolve().as_uri() if root else None
 
 
-def ensure_experiment(name: str, artifact_root: str | None, tracking_uri: str | None = None) -> str:
+@functools.lru_cache(maxsize=None)
+def client(tracking_uri: str | None = None):
+    """One MlflowClient per store and process (each new client re-opens the store: seconds on SQLite)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(name)
+    return MlflowClient(tracking_uri)
+
+
+def ensure_experiment(name: str, artifact_root: str | None, tracking_uri: str | None = None) -> str:
+    client_ = client(tracking_uri)
+    experiment = client_.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(artifact_root, name))
+    return client_.create_experiment(name, artifact_location=artifact_location(artifact_root, name))
 
 
 def git_commit() -> str:
@@ -57,7 +64,7 @@ def run_tags(cfg: DictConfig, stage: str, **extra: str) -> dict[str, str]:
         "profile": cfg.profile_name,
         "git_commit": git_commit(),
         # DVC exports DVC_STAGE (e.g. 'train_binary-addition-rnn') to every stage command.
-        "dvc_stage": os.environ.get("DVC_STAGE", f"{stage}@{cfg.experiment_name} (outside dvc)"),
+        "dvc_stage": os.environ.get("DVC_STAGE", f"{stage}_{cfg.experiment_name} (outside dvc)"),
     }
     tags.update({k: str(v) for k, v in extra.items()})
     return tags

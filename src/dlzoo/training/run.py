@@ -88,12 +88,13 @@ class RunContext:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.is_main:
             return
-        from mlflow import MlflowClient
         from mlflow.entities import Metric
+
+        from dlzoo.tracking import client
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
-        MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=batch)
+        client(self.tracking_uri).log_batch(self.run_id, metrics=batch)
 
     def end_epoch(self, row: dict) -> None:
         """Record one learning-curve row and print its progress line."""

@@ -16,8 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlzoo.config import build, require_keys
 from dlzoo.hardware import describe, resolve_precision
 from dlzoo.io import write_json
-from dlzoo.plotting import plot_learning_curves
-from dlzoo.tracking import ensure_experiment, flat_params, resolve_tracking_uri, run_tags
+from dlzoo.tracking import client, ensure_experiment, flat_params, resolve_tracking_uri, run_tags
 from dlzoo.training.run import RunContext
 from dlzoo.training.trainer import check_trainer_config
 
@@ -68,32 +67,31 @@ def train(cfg: DictConfig) -> dict:
 
 def _open_run(cfg: DictConfig, tracking_uri: str, precision: str) -> str:
     """Create the run every runner logs into, with the standard tags and the resolved config as params."""
-    from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    client = MlflowClient(tracking_uri)
+    mlflow_client = client(tracking_uri)
     experiment_id = ensure_experiment(cfg.task, cfg.tracking.artifact_root, tracking_uri)
-    run = client.create_run(experiment_id, run_name=cfg.family, tags=run_tags(cfg, "train"))
+    run = mlflow_client.create_run(experiment_id, run_name=cfg.family, tags=run_tags(cfg, "train"))
     params = {**flat_params(cfg), **describe(), "hardware/precision": precision}
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
+        mlflow_client.log_batch(run.info.run_id, params=items[i : i + 100])
     return run.info.run_id
 
 
 def _close_run(ctx: RunContext, status: str) -> None:
     if ctx.is_main and ctx.run_opened:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(ctx.tracking_uri)
-        if client.get_run(ctx.run_id).info.status == "RUNNING":
-            client.set_terminated(ctx.run_id, status)
+        mlflow_client = client(ctx.tracking_uri)
+        if mlflow_client.get_run(ctx.run_id).info.status == "RUNNING":
+            mlflow_client.set_terminated(ctx.run_id, status)
 
 
 def _log_train_artifacts(cfg: DictConfig, ctx: RunContext, model, example) -> None:
     """Learning curves, resolved config, best checkpoint and the registered model, in the train run."""
     import mlflow
     import pandas as pd
+
+    from dlzoo.plotting import plot_learning_curves  # matplotlib only once there is a curve to draw
 
     curve_csv = ctx.plots_dir / "learning_curve.csv"
     curve_csv.parent.mkdir(parents=True, exist_ok=True)
