@@ -31,9 +31,15 @@ def artifact_location(root: str, experiment: str) -> str | None:
     return (Path(root) / experiment).resolve().as_uri() if root else None
 
 
-@functools.lru_cache(maxsize=None)
 def client(tracking_uri: str | None = None):
     """One MlflowClient per store and process (each new client re-opens the store: seconds on SQLite)."""
+    import mlflow
+
+    return _client(tracking_uri or mlflow.get_tracking_uri())
+
+
+@functools.lru_cache(maxsize=None)
+def _client(tracking_uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri)
@@ -91,8 +97,9 @@ def start_run(cfg: DictConfig, stage: str, run_name: str | None = None, **extra_
     """Open an MLflow run in the task's experiment. An exception inside marks the run FAILED."""
     import mlflow
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking.uri))
-    experiment_id = ensure_experiment(cfg.task, cfg.tracking.artifact_root)
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = ensure_experiment(cfg.task, cfg.tracking.artifact_root, uri)
     tags = run_tags(cfg, stage, **extra_tags)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or cfg.family, tags=tags) as run:
         yield run
