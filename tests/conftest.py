@@ -69,3 +69,15 @@ def mlflow_runs(db: Path) -> list[dict]:
 def sqlite_ok(db: Path) -> bool:
     with sqlite3.connect(db) as con:
         return con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# A few tiny generated COCO splits, shared by the COCO-module and generator tests.
+TINY_SHAPES = dict(image_size=64, n_train=6, n_val=2, n_test=2, max_objects=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from dlzoo.data.shapes import prepare
+
+    out = tmp_path_factory.mktemp("shapes")
+    return out, prepare(str(out), **TINY_SHAPES)

@@ -17,18 +17,9 @@ from dlzoo.data.coco import (
     rasterize_semantic_mask,
     validate_coco,
 )
-from dlzoo.data.shapes import prepare
 from dlzoo.errors import ConfigError, DataError
 from dlzoo.models.detection import metric_target
 
-TINY = dict(image_size=64, n_train=6, n_val=2, n_test=2, max_objects=4, seed=3)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes")
-    summary = prepare(str(out), **TINY)
-    return out, summary
 
 
 # ----------------------------------------------------------------------------------- validator

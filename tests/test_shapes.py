@@ -9,17 +9,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from dlzoo.data.coco import rasterize_semantic_mask
+from conftest import TINY_SHAPES as TINY
 from dlzoo.data.shapes import prepare
 from dlzoo.errors import ConfigError
 
-TINY = dict(image_size=64, n_train=6, n_val=2, n_test=2, max_objects=4, seed=3)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes")
-    summary = prepare(str(out), **TINY)
-    return out, summary
 
 
 def _instance_masks(coco: COCO, image_id: int) -> list:
