@@ -39,7 +39,7 @@ def user_env(extra: dict | None = None) -> dict:
     return env
 
 
-def sh(*args: str, cwd: Path, env: dict | None = None, timeout: int = 2400) -> subprocess.CompletedProcess:
+def sh(*args: str, cwd: Path, env: dict | None = None, timeout: int = 3600) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env or user_env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
