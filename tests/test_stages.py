@@ -109,3 +109,10 @@ def test_lock_records_the_tree(committed):
                 if hashlib.md5((REPO / dep["path"]).read_bytes()).hexdigest() != dep["md5"]:
                     problems.append(f"{name}: {dep['path']} changed since the stage ran")
     assert not problems, "dvc.lock is not the tree's (re-run these stages):\n" + "\n".join(problems)
+
+
+def test_readme_results_are_the_metrics_files():
+    """The README's results tables are what `make results` generates from metrics/: no retyped numbers."""
+    from dlzoo import results
+
+    assert results.update(REPO / "README.md", check=True), "README results are stale: run `make results`"
