@@ -124,7 +124,9 @@ class Composer:
 
     def __init__(self) -> None:
         from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
 
+        GlobalHydra.instance().clear()  # one Hydra per process: a composer made earlier gives way
         self._ctx = initialize_config_dir(config_dir=str(CONF), version_base="1.3")
         self._ctx.__enter__()
 
