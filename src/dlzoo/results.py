@@ -29,6 +29,8 @@ def _fmt(value) -> str:
         value = int(value)
     if isinstance(value, int):
         return f"{value:,}"
+    if value == 0:
+        return "0"
     if abs(value) >= 100:
         return f"{value:,.1f}"
     return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"

@@ -197,8 +197,10 @@ def build_stages() -> dict:
     prepare, train, evaluate, baselines, compress, reports = {}, {}, {}, {}, {}, {}
     for name in recipe_names():
         cfg, files = composer.compose("config", [f"experiment={name}"])
-        data = cfg.data.name
-        if data not in prepare:
+        # A family that owns its loop (an agent in its environment) has no dataset: no prepare stage, no data dep.
+        data = cfg.data.name if "data" in cfg else None
+        data_deps = [cfg.data.dir] if data else []
+        if data and data not in prepare:
             prepare[data] = {
                 "cmd": f"python pipelines/prepare.py data={data} profile=${{profile}}",
                 "params": ["profile"],
@@ -217,35 +219,35 @@ def build_stages() -> dict:
             continue
         task, family = cfg.task, cfg.family
         conf = _conf_deps(files, name)
-        train_cfg = OmegaConf.masked_copy(cfg, ["runner", "data", "model", "trainer"])
+        train_cfg = OmegaConf.masked_copy(cfg, [k for k in ("runner", "data", "model", "trainer") if k in cfg])
         train[name] = {
             "cmd": f"python pipelines/train.py experiment={name} profile=${{profile}} trainer=${{trainer}}",
             # The recipe as a params file too: `dvc exp run -S 'conf/experiment/<recipe>.yaml:key=value'` makes a variant.
             "params": ["profile", "trainer", {f"conf/experiment/{name}.yaml": None}],
-            "deps": _code_deps("pipelines/train.py", train_cfg) + conf + [cfg.data.dir],
+            "deps": _code_deps("pipelines/train.py", train_cfg) + conf + data_deps,
             "outs": [cfg.paths.model_dir, f"{cfg.paths.plots_dir}/learning_curve.png"],
             "plots": [{f"{cfg.paths.plots_dir}/learning_curve.csv": {"x": "epoch", "y": cfg.checkpoint.monitor, "cache": False}}],
         }
-        eval_cfg = OmegaConf.masked_copy(cfg, ["data", "model", "evaluator"])
+        eval_cfg = OmegaConf.masked_copy(cfg, [k for k in ("data", "model", "evaluator") if k in cfg])
         if OmegaConf.select(eval_cfg, "data.prepare") is not None:
             eval_cfg.data.pop("prepare")
         evaluate[name] = {
             "cmd": f"python pipelines/evaluate.py experiment={name} profile=${{profile}}",
             "params": ["profile"],
-            "deps": _code_deps("pipelines/evaluate.py", eval_cfg) + conf + [cfg.paths.model_dir, cfg.data.dir],
+            "deps": _code_deps("pipelines/evaluate.py", eval_cfg) + conf + [cfg.paths.model_dir, *data_deps],
             "outs": [cfg.paths.reports_dir],
             "metrics": [{cfg.paths.metrics_file: {"cache": False}}],
         }
         for method in cfg.compression.methods:
             onnx = "true" if cfg.compression.onnx else "false"
             ccfg, cfiles = composer.compose("compression", [f"experiment={name}", f"compress={method}"])
-            comp_cfg = OmegaConf.masked_copy(ccfg, ["data", "model", "evaluator", "compress"])
+            comp_cfg = OmegaConf.masked_copy(ccfg, [k for k in ("data", "model", "evaluator", "compress") if k in ccfg])
             if OmegaConf.select(comp_cfg, "data.prepare") is not None:
                 comp_cfg.data.pop("prepare")
             compress[f"{name}-{method}"] = {
                 "cmd": f"python pipelines/compress.py experiment={name} compress={method} compress.onnx.export={onnx} profile=${{profile}}",
                 "params": ["profile"],
-                "deps": _code_deps("pipelines/compress.py", comp_cfg) + _conf_deps(cfiles, name) + [cfg.paths.model_dir, cfg.data.dir],
+                "deps": _code_deps("pipelines/compress.py", comp_cfg) + _conf_deps(cfiles, name) + [cfg.paths.model_dir, *data_deps],
                 "outs": [ccfg.paths.compressed_dir],
                 "metrics": [{ccfg.paths.compress_metrics_file: {"cache": False}}],
             }

@@ -1,0 +1,230 @@
+"""The reinforcement-learning families (dlzoo/rl/): every family fits and evaluates through the pipeline's
+own train and evaluate entry points, the pieces of the algorithms do what the books say (the Q-learning
+target on a hand-made MDP, the policy-gradient sign on a bandit), a seed gives one evaluation return, and
+bad input (an unknown environment, an action space a family cannot use, a checkpoint of another environment)
+stops with a one-line error before anything is written to the MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import CONF, mlflow_runs, run_entry, sqlite_ok
+from dlzoo.errors import CheckpointError, ConfigError
+from dlzoo.evaluation.evaluate import evaluate
+from dlzoo.rl.dqn import td_target
+from dlzoo.rl.reinforce import policy_gradient_loss
+from dlzoo.training.train import train
+
+FAMILIES = ["reinforce", "a2c", "dqn", "ppo"]
+SMOKE = ["profile=smoke", "tracking.log_model=false", "runner.total_steps=1200", "runner.eval_every_steps=600",
+         "runner.val_episodes=2", "evaluator.episodes=3"]
+EXTRA = {"dqn": ["runner.learning_starts=200", "runner.train_frequency=64", "runner.gradient_steps=8"],
+         "ppo": ["runner.num_steps=50"]}
+
+
+def _cfg(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def _smoke(family: str, *more: str):
+    return _cfg(f"experiment=control-cartpole-{family}", *SMOKE, *EXTRA.get(family, []), *more)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One scratch working directory (one MLflow store) shared by the fits of this module."""
+    path = tmp_path_factory.mktemp("control")
+    old = os.getcwd()
+    saved = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_URI", "DVC_STAGE") if k in os.environ}
+    os.chdir(path)
+    yield path
+    os.chdir(old)
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def fitted(store):
+    """family -> (summary, metrics) of a smoke fit + evaluation of each family on CartPole-v1."""
+    out = {}
+    for family in FAMILIES:
+        gif = "true" if family == "ppo" else "false"  # one rendered episode is enough to exercise the GIF
+        out[family] = (train(_smoke(family)), evaluate(_smoke(family, f"evaluator.gif={gif}")))
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_smoke_fit_through_train_and_evaluate(family, fitted, store):
+    summary, metrics = fitted[family]
+    assert summary["env_steps"] >= 1200 and summary["best_score"] is not None and summary["num_params"] > 0
+    assert (store / f"artifacts/models/control-cartpole-{family}/best.ckpt").is_file()
+    assert (store / f"plots/control-cartpole/{family}/learning_curve.csv").is_file()
+    on_disk = json.loads((store / f"metrics/control-cartpole/{family}.json").read_text())
+    assert on_disk == metrics
+    for key in ("test/return_mean", "test/return_std", "baseline/random_return_mean", "train/env_steps", "solve/reached"):
+        assert key in metrics
+    assert 8 <= metrics["test/return_mean"] <= 500 and metrics["test/episodes"] == 3
+    reports = store / f"artifacts/reports/control-cartpole-{family}"
+    assert (reports / "learning_curve.png").is_file() and (reports / "value_heatmap.png").is_file()
+    assert (reports / "episode.gif").is_file() == (family == "ppo")
+    runs = [r for r in mlflow_runs(store / "mlflow.db") if r["name"] == family]
+    assert {r["tags"]["stage"] for r in runs} == {"train", "evaluate"}
+    assert all(r["experiment"] == "control-cartpole" and r["status"] == "FINISHED" for r in runs)
+
+
+def test_same_seed_same_evaluation_return(fitted, tmp_path, monkeypatch):
+    """The PPO smoke fit again, in another directory: the same checkpoint and the same test returns."""
+    monkeypatch.chdir(tmp_path)
+    train(_smoke("ppo"))
+    metrics = evaluate(_smoke("ppo", "evaluator.gif=false"))
+    assert metrics["test/return_mean"] == fitted["ppo"][1]["test/return_mean"]
+    assert metrics["test/return_std"] == fitted["ppo"][1]["test/return_std"]
+
+
+# ----------------------------------------------------------------------------- the algorithms' pieces
+class TabularQ(torch.nn.Module):
+    """Q(s, ·) as a table: the observation is the one-hot state."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.tensor(table, dtype=torch.float32))
+
+    def forward(self, obs):
+        return obs @ self.table
+
+
+A, B = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+
+
+def test_q_learning_target_on_a_two_state_mdp():
+    """State A: action 0 stays in A (reward 0), action 1 moves to B (reward 1). State B: action 0 ends the
+    episode with reward 10, action 1 with reward 0. With γ = 0.9: Q*(B) = (10, 0), Q*(A) = (9, 10)."""
+    gamma = 0.9
+    # one transition A --1--> B, reward 1: r + γ max_a Q_target(B, a), and just r when B is terminal
+    target_net = TabularQ([[0.0, 0.0], [2.0, 5.0]])
+    obs_next, reward = B.unsqueeze(0), torch.tensor([1.0])
+    assert td_target(reward, obs_next, torch.tensor([0.0]), gamma, target_net).item() == pytest.approx(1 + 0.9 * 5)
+    assert td_target(reward, obs_next, torch.tensor([1.0]), gamma, target_net).item() == pytest.approx(1.0)
+    # Double DQN: the online network picks a' in B (action 0), the target network scores it (2.0)
+    online = TabularQ([[0.0, 0.0], [3.0, 1.0]])
+    assert td_target(reward, obs_next, torch.tensor([0.0]), gamma, target_net, online).item() == pytest.approx(1 + 0.9 * 2)
+
+    # iterating the target (a target network refreshed every 10 steps) reaches Q*
+    obs = torch.stack([A, A, B, B])
+    actions, rewards = torch.tensor([0, 1, 0, 1]), torch.tensor([0.0, 1.0, 10.0, 0.0])
+    next_obs, terminated = torch.stack([A, B, B, B]), torch.tensor([0.0, 0.0, 1.0, 1.0])
+    q = TabularQ([[0.0, 0.0], [0.0, 0.0]])
+    target = TabularQ([[0.0, 0.0], [0.0, 0.0]])
+    optimizer = torch.optim.SGD(q.parameters(), lr=0.5)
+    for step in range(400):
+        if step % 10 == 0:
+            target.load_state_dict(q.state_dict())
+        y = td_target(rewards, next_obs, terminated, gamma, target)
+        loss = (q(obs).gather(1, actions.unsqueeze(1)).squeeze(1) - y).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.allclose(q.table, torch.tensor([[9.0, 10.0], [10.0, 0.0]]), atol=1e-3)
+
+
+def test_policy_gradient_raises_the_probability_of_a_rewarded_arm():
+    """A two-armed bandit: one gradient step on −log π(a) · A moves π(a) up when A > 0 and down when A < 0,
+    by the analytic gradient −A (1[k = a] − π_k)."""
+    for advantage, direction in ((1.0, 1), (-1.0, -1)):
+        logits = torch.zeros(2, requires_grad=True)
+        dist = torch.distributions.Categorical(logits=logits)
+        loss = policy_gradient_loss(dist.log_prob(torch.tensor([1])), torch.tensor([advantage]))
+        loss.backward()
+        assert torch.allclose(logits.grad, -advantage * (torch.tensor([0.0, 1.0]) - torch.tensor([0.5, 0.5])))
+        with torch.no_grad():
+            new = torch.softmax(logits - 0.1 * logits.grad, 0)[1].item()
+        assert (new - 0.5) * direction > 0
+
+    # and REINFORCE's loop on the bandit: arm 1 pays 1, arm 0 pays 0 -> π(arm 1) → 1
+    torch.manual_seed(0)
+    logits = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.SGD([logits], lr=0.5)
+    for _ in range(200):
+        dist = torch.distributions.Categorical(logits=logits)
+        arms = dist.sample((16,))
+        rewards = arms.float()
+        loss = policy_gradient_loss(dist.log_prob(arms), rewards - rewards.mean())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.softmax(logits, 0)[1].item() > 0.95
+
+
+# ----------------------------------------------------------------------------- bad input
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_unknown_environment_is_a_one_line_error(tmp_path):
+    result = run_entry("train", "experiment=control-cartpole-ppo", "env.id=CartPoel-v1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error: unknown environment id 'CartPoel-v1'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists() or mlflow_runs(tmp_path / "mlflow.db") == []
+
+
+def test_bad_input_leaves_the_store_intact(fitted, store):
+    db = store / "mlflow.db"
+    before = mlflow_runs(db)
+    # a family that cannot use the action space: DQN on a continuous one
+    with pytest.raises(ConfigError) as exc:
+        train(_smoke("dqn", "env.id=Pendulum-v1"))
+    assert "dqn needs a discrete action space" in _one_line(exc) and "Pendulum-v1" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        train(_smoke("ppo", "env.id=NoSuchEnv-v0"))
+    assert "unknown environment id 'NoSuchEnv-v0'" in _one_line(exc)
+    # a checkpoint of another environment: CartPole's PPO given to Acrobot's ...
+    cartpole_ckpt = store / "artifacts/models/control-cartpole-ppo/best.ckpt"
+    with pytest.raises(CheckpointError) as exc:
+        evaluate(_cfg("experiment=control-acrobot-ppo", *SMOKE, f"checkpoint_path={cartpole_ckpt}"))
+    assert "holds a control-cartpole/ppo model, not control-acrobot/ppo" in _one_line(exc)
+    # ... or its own recipe pointed at another environment
+    with pytest.raises(CheckpointError) as exc:
+        evaluate(_smoke("ppo", "env.id=Acrobot-v1"))
+    assert "a checkpoint of another environment" in _one_line(exc)
+    assert sqlite_ok(db) and len(mlflow_runs(db)) == len(before)
+    assert all(r["status"] == "FINISHED" for r in mlflow_runs(db))
+
+
+# ----------------------------------------------------------------------------- compression (functions; no stage yet)
+def test_int8_and_policy_distillation_of_a_trained_agent(fitted, store):
+    from dlzoo.rl.compress import distill, distill_loss, dynamic_int8
+    from dlzoo.rl.nets import ActorCritic
+
+    cfg = _smoke("ppo")
+    teacher = ActorCritic("CartPole-v1", hidden=[64, 64])
+    teacher.load_state_dict(torch.load(store / "artifacts/models/control-cartpole-ppo/best.ckpt", weights_only=True)["state_dict"])
+    teacher.eval()
+    states = torch.randn(512, 4) * torch.tensor([1.0, 1.0, 0.1, 1.0])
+    quantized = dynamic_int8(teacher)
+    assert any("quantized" in type(m).__module__ for m in quantized.modules())
+    with torch.no_grad():
+        agree = (quantized.greedy(states) == teacher.greedy(states)).float().mean().item()
+    assert agree > 0.9 and quantized.state_value(states).shape == (512,)
+
+    with pytest.raises(ConfigError) as exc:  # a student above 1/10 of the teacher is not compression
+        distill(teacher, ActorCritic("CartPole-v1", hidden=[128]), cfg.env.id)
+    assert "more than 0.1 of the teacher's 9155" in _one_line(exc)
+    torch.manual_seed(0)
+    student = ActorCritic("CartPole-v1", hidden=[16])
+    with torch.no_grad():
+        before = distill_loss(student(states), teacher(states), 1.0).item()
+    student, info = distill(teacher, student, cfg.env.id, total_steps=1000, rounds=2, epochs=10)
+    with torch.no_grad():
+        after = distill_loss(student(states), teacher(states), 1.0).item()
+    assert info["student_fraction"] <= 0.1 and after < before
