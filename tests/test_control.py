@@ -6,9 +6,11 @@ stops with a one-line error before anything is written to the MLflow store."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -19,6 +21,7 @@ from dlzoo.errors import CheckpointError, ConfigError
 from dlzoo.evaluation.evaluate import evaluate
 from dlzoo.rl.dqn import td_target
 from dlzoo.rl.reinforce import policy_gradient_loss
+from dlzoo.rl.rollout import bootstrap_truncations, gae
 from dlzoo.training.train import train
 
 FAMILIES = ["reinforce", "a2c", "dqn", "ppo"]
@@ -72,7 +75,17 @@ def test_smoke_fit_through_train_and_evaluate(family, fitted, store):
     assert on_disk == metrics
     for key in ("test/return_mean", "test/return_std", "baseline/random_return_mean", "train/env_steps", "solve/reached"):
         assert key in metrics
-    assert 8 <= metrics["test/return_mean"] <= 500 and metrics["test/episodes"] == 3
+    assert metrics["test/episodes"] == 3 and metrics["train/stopped_by_clock"] == 0.0
+    # the test episodes are the evaluator's seeds 2,000,000 + k, and the metrics are those episodes' statistics
+    reports = store / f"artifacts/reports/control-cartpole-{family}"
+    with open(reports / "test_returns.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["seed"]) for r in rows] == [2_000_000, 2_000_001, 2_000_002]
+    returns = [float(r["return"]) for r in rows]
+    assert metrics["test/return_mean"] == pytest.approx(sum(returns) / 3)
+    assert metrics["test/return_min"] == min(returns) and metrics["test/return_max"] == max(returns)
+    # the random baseline runs on the same seeds for every family, so it is the same number for all four
+    assert metrics["baseline/random_return_mean"] == fitted["reinforce"][1]["baseline/random_return_mean"]
     reports = store / f"artifacts/reports/control-cartpole-{family}"
     assert (reports / "learning_curve.png").is_file() and (reports / "value_heatmap.png").is_file()
     assert (reports / "episode.gif").is_file() == (family == "ppo")
@@ -81,13 +94,19 @@ def test_smoke_fit_through_train_and_evaluate(family, fitted, store):
     assert all(r["experiment"] == "control-cartpole" and r["status"] == "FINISHED" for r in runs)
 
 
-def test_same_seed_same_evaluation_return(fitted, tmp_path, monkeypatch):
-    """The PPO smoke fit again, in another directory: the same checkpoint and the same test returns."""
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_same_evaluation_return(family, fitted, store, tmp_path, monkeypatch):
+    """Each family's smoke fit again, in another directory: the same checkpoint tensors, the same test returns."""
     monkeypatch.chdir(tmp_path)
-    train(_smoke("ppo"))
-    metrics = evaluate(_smoke("ppo", "evaluator.gif=false"))
-    assert metrics["test/return_mean"] == fitted["ppo"][1]["test/return_mean"]
-    assert metrics["test/return_std"] == fitted["ppo"][1]["test/return_std"]
+    train(_smoke(family))
+    metrics = evaluate(_smoke(family, "evaluator.gif=false"))
+    assert metrics["test/return_mean"] == fitted[family][1]["test/return_mean"]
+    assert metrics["test/return_std"] == fitted[family][1]["test/return_std"]
+    ckpt = f"artifacts/models/control-cartpole-{family}/best.ckpt"
+    first = torch.load(store / ckpt, weights_only=True)["state_dict"]
+    again = torch.load(tmp_path / ckpt, weights_only=True)["state_dict"]
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 # ----------------------------------------------------------------------------- the algorithms' pieces
@@ -164,6 +183,36 @@ def test_policy_gradient_raises_the_probability_of_a_rewarded_arm():
     assert torch.softmax(logits, 0)[1].item() > 0.95
 
 
+def test_gae_on_a_hand_made_rollout_with_a_truncation():
+    """Two environments, three steps, γ = 0.5, λ = 0.5. Env 0 is cut by the time limit after step 1 (its reward
+    gets γ V(s_T) = 0.5 · 4 from its last observation) and starts a new episode at step 2; env 1 terminates at
+    step 2. The advantages are δ_t + γλ δ_{t+1} ..., each sum stopping at an episode's end."""
+    gamma, lam = 0.5, 0.5
+    reward_step1 = np.array([1.0, 1.0], dtype=np.float32)
+    final_obs = [np.array([4.0]), None]   # gymnasium's info["final_obs"]: env 0's last observation
+    bootstrap_truncations(reward_step1, np.array([False, False]), np.array([True, False]), final_obs,
+                          lambda obs: obs.sum(-1), gamma)  # V(s) = s: V(s_T) = 4
+    assert reward_step1.tolist() == [1.0 + 0.5 * 4.0, 1.0]
+    # a terminated environment gets no bootstrap
+    untouched = np.array([1.0], dtype=np.float32)
+    bootstrap_truncations(untouched, np.array([True]), np.array([True]), [np.array([4.0])], lambda o: o.sum(-1), gamma)
+    assert untouched.tolist() == [1.0]
+
+    rewards = torch.tensor([[1.0, 1.0], reward_step1.tolist(), [1.0, 1.0]])
+    values = torch.tensor([[2.0, 1.0], [3.0, 1.0], [2.0, 1.0]])
+    dones = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    next_value = torch.tensor([6.0, 9.0])
+    advantages, returns = gae(rewards, values, dones, next_value, gamma, lam)
+    # env 0: δ2 = 1 + 0.5·6 − 2 = 2; δ1 = 3 − 3 = 0 (episode ends: no γV(s_2), no later δ); δ0 = 1 + 0.5·3 − 2 = 0.5
+    #        A2 = 2, A1 = 0, A0 = 0.5 + 0.25·0 = 0.5
+    # env 1: δ2 = 1 − 1 = 0 (terminated); δ1 = 1 + 0.5·1 − 1 = 0.5; δ0 = 0.5; A1 = 0.5, A0 = 0.5 + 0.25·0.5
+    assert torch.allclose(advantages, torch.tensor([[0.5, 0.625], [0.0, 0.5], [2.0, 0.0]]))
+    assert torch.allclose(returns, advantages + values)
+    # λ = 1: the discounted n-step return minus V (A2C's advantage)
+    advantages, _ = gae(rewards, values, dones, next_value, gamma, 1.0)
+    assert advantages[0, 1].item() == pytest.approx(1 + 0.5 * 1 + 0.25 * 1 - 1.0)
+
+
 # ----------------------------------------------------------------------------- bad input
 def _one_line(exc: pytest.ExceptionInfo) -> str:
     text = str(exc.value)
@@ -199,6 +248,37 @@ def test_bad_input_leaves_the_store_intact(fitted, store):
     assert "a checkpoint of another environment" in _one_line(exc)
     assert sqlite_ok(db) and len(mlflow_runs(db)) == len(before)
     assert all(r["status"] == "FINISHED" for r in mlflow_runs(db))
+
+
+BAD_INPUT = [  # (family, override, what the one-line error must name)
+    ("ppo", "runner.eval_every_steps=0", "runner.eval_every_steps"),
+    ("a2c", "runner.num_envs=0", "runner.num_envs"),
+    ("reinforce", "runner.total_steps=-5", "runner.total_steps"),
+    ("dqn", "runner.target_update_steps=0", "runner.target_update_steps"),
+    ("ppo", "runner.gae_lambda=1.5", "runner.gae_lambda"),
+    ("ppo", "+model.activation=gelu", "model.activation"),
+    ("dqn", "+model.activation=gelu", "model.activation"),
+    ("a2c", "+runner.optimizer=sgd", "runner.optimizer"),
+    ("dqn", "+runner.loss=l1", "runner.loss"),
+    ("ppo", "+runner.learning_rte=1e-3", "runner.learning_rte"),
+    ("dqn", "seed=999999", "seed"),
+]
+
+
+@pytest.mark.parametrize("family,override,key", BAD_INPUT, ids=[f"{f}:{o}" for f, o, _ in BAD_INPUT])
+def test_bad_runner_or_model_values_are_one_line_errors_without_a_run(family, override, key, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as exc:
+        train(_smoke(family, override))
+    assert key in _one_line(exc)
+    assert not (tmp_path / "mlflow.db").exists() or mlflow_runs(tmp_path / "mlflow.db") == []
+
+
+def test_unknown_runner_key_through_the_entry_point(tmp_path):
+    result = run_entry("train", "experiment=control-cartpole-a2c", "+runner.learning_rte=1e-3", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "runner.learning_rte" in result.stderr and "learning_rate" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists() or mlflow_runs(tmp_path / "mlflow.db") == []
 
 
 # ----------------------------------------------------------------------------- compression (functions; no stage yet)

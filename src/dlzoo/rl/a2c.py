@@ -13,13 +13,18 @@ from torch import nn
 
 from dlzoo.config import build
 from dlzoo.rl.envs import make_vec_env
-from dlzoo.rl.rollout import Budget, Tracker, setup
+from dlzoo.rl.rollout import Budget, Tracker, bootstrap_truncations, check_runner_args, gae, setup
 
 
 def train(cfg, ctx, *, total_steps: int, max_seconds: float, num_envs: int = 8, num_steps: int = 5,
           learning_rate: float = 7e-4, optimizer: str = "rmsprop", gamma: float = 0.99, gae_lambda: float = 1.0,
           ent_coef: float = 0.0, vf_coef: float = 0.5, max_grad_norm: float = 0.5, normalize_advantages: bool = False,
-          eval_every_steps: int = 10_000, val_episodes: int = 10, stop_return: float | None = None) -> dict:
+          eval_every_steps: int = 10_000, val_episodes: int = 10, stop_return: float | None = None, **unknown) -> dict:
+    check_runner_args(cfg, train, unknown, positive=dict(
+        total_steps=total_steps, max_seconds=max_seconds, num_envs=num_envs, num_steps=num_steps,
+        learning_rate=learning_rate, max_grad_norm=max_grad_norm, eval_every_steps=eval_every_steps,
+        val_episodes=val_episodes), fractions=dict(gamma=gamma, gae_lambda=gae_lambda),
+        choices=dict(optimizer=(optimizer, ("rmsprop", "adam"))))
     agent = build(cfg.model, "model")          # refuses an unknown id or a continuous action space, before any run
     envs = make_vec_env(cfg.env.id, num_envs)
     setup(cfg, ctx)
@@ -27,7 +32,7 @@ def train(cfg, ctx, *, total_steps: int, max_seconds: float, num_envs: int = 8, 
     tracker = Tracker(cfg, ctx, agent, budget, eval_every_steps, val_episodes, stop_return)
     if optimizer == "rmsprop":   # as in the paper and Stable-Baselines3
         opt = torch.optim.RMSprop(agent.parameters(), lr=learning_rate, alpha=0.99, eps=1e-5)
-    else:
+    else:                        # "adam" (check_runner_args refused anything else)
         opt = torch.optim.Adam(agent.parameters(), lr=learning_rate)
 
     obs, _ = envs.reset(seed=[cfg.seed + i for i in range(num_envs)])
@@ -44,12 +49,10 @@ def train(cfg, ctx, *, total_steps: int, max_seconds: float, num_envs: int = 8, 
             reward = reward.astype(np.float32)
             ep_return += reward
             ep_length += 1
-            for i in np.flatnonzero(truncated & ~terminated):  # a time limit is not a failure: bootstrap V(s_T)
-                with torch.no_grad():
-                    final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32)
-                    reward[i] += gamma * agent.value(final.unsqueeze(0)).item()
+            bootstrap_truncations(reward, terminated, truncated, info.get("final_obs"), agent.value, gamma)
+            # every environment has taken this vector step: an episode ending in it ends at steps + num_envs
             for i in np.flatnonzero(terminated | truncated):
-                tracker.episode(steps + (i + 1), ep_return[i], ep_length[i])
+                tracker.episode(steps + num_envs, ep_return[i], ep_length[i])
                 ep_return[i], ep_length[i] = 0.0, 0
             log_probs.append(dist.log_prob(action))
             values.append(value)
@@ -60,17 +63,8 @@ def train(cfg, ctx, *, total_steps: int, max_seconds: float, num_envs: int = 8, 
             steps += num_envs
         # ---- n-step advantages bootstrapped from V(s_{t+n}) (GAE with gae_lambda)
         with torch.no_grad():
-            next_value = agent.value(obs)
-            v_detached = torch.stack(values).detach()
-            advantages = torch.zeros(num_steps, num_envs)
-            gae = torch.zeros(num_envs)
-            for t in reversed(range(num_steps)):
-                nonterminal = 1.0 - dones[t]
-                following = next_value if t == num_steps - 1 else v_detached[t + 1]
-                delta = rewards[t] + gamma * following * nonterminal - v_detached[t]
-                gae = delta + gamma * gae_lambda * nonterminal * gae
-                advantages[t] = gae
-            returns = advantages + v_detached
+            advantages, returns = gae(torch.stack(rewards), torch.stack(values).detach(), torch.stack(dones),
+                                      agent.value(obs), gamma, gae_lambda)
             if normalize_advantages:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         policy_loss = -(torch.stack(log_probs) * advantages).mean()

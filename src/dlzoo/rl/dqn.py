@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from dlzoo.config import build
+from dlzoo.errors import ConfigError
 from dlzoo.rl.envs import make_env
-from dlzoo.rl.rollout import Budget, Tracker, setup
+from dlzoo.rl.rollout import Budget, Tracker, check_runner_args, setup
 
 
 def td_target(rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor, gamma: float,
@@ -62,7 +63,16 @@ def train(cfg, ctx, *, total_steps: int, max_seconds: float, learning_rate: floa
           gradient_steps: int = 1, target_update_steps: int = 250, start_epsilon: float = 1.0,
           end_epsilon: float = 0.05, exploration_fraction: float = 0.1, double: bool = False,
           loss: str = "huber", max_grad_norm: float = 10.0, eval_every_steps: int = 10_000, val_episodes: int = 10,
-          stop_return: float | None = None) -> dict:
+          stop_return: float | None = None, **unknown) -> dict:
+    check_runner_args(cfg, train, unknown, positive=dict(
+        total_steps=total_steps, max_seconds=max_seconds, learning_rate=learning_rate, buffer_size=buffer_size,
+        batch_size=batch_size, train_frequency=train_frequency, gradient_steps=gradient_steps,
+        target_update_steps=target_update_steps, max_grad_norm=max_grad_norm, eval_every_steps=eval_every_steps,
+        val_episodes=val_episodes), fractions=dict(
+        gamma=gamma, start_epsilon=start_epsilon, end_epsilon=end_epsilon, exploration_fraction=exploration_fraction),
+        choices=dict(loss=(loss, ("huber", "mse"))))
+    if learning_starts < 0:
+        raise ConfigError(f"runner.learning_starts must be >= 0, got {learning_starts}")
     q_net = build(cfg.model, "model")          # refuses an unknown id or a continuous action space, before any run
     env = make_env(cfg.env.id)
     rng = setup(cfg, ctx)
@@ -71,7 +81,7 @@ def train(cfg, ctx, *, total_steps: int, max_seconds: float, learning_rate: floa
     target_net = copy.deepcopy(q_net)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=learning_rate)
     buffer = ReplayBuffer(buffer_size, env.observation_space.shape[0], rng)
-    criterion = nn.SmoothL1Loss() if loss == "huber" else nn.MSELoss()
+    criterion = nn.SmoothL1Loss() if loss == "huber" else nn.MSELoss()  # "mse": nothing else passes the check
     env.action_space.seed(cfg.seed)
 
     obs, _ = env.reset(seed=cfg.seed)

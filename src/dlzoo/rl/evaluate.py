@@ -7,7 +7,9 @@ network: `evaluate(model, None, reports_dir, ...) -> (metrics, files)`.
 - from the training curve the runner saved next to the checkpoint (episodes.csv, validation.csv): the env
   steps and wall seconds until the running mean of the last `solve_window` training episodes first reached
   `solved_return` (`solve/steps`, `solve/seconds`; absent when it never did), the same for the greedy
-  validation curve (`solve/val_steps`, `solve/val_seconds`), and the run's `train/env_steps`, `train/seconds`;
+  validation curve (`solve/val_steps`, `solve/val_seconds`), and the run's `train/env_steps`, `train/seconds`,
+  `train/stopped_by_clock` (1 when the runner's `max_seconds` guard, not its step cap or early stop, ended
+  training, from train_summary.json: such a run is not repeatable);
 - artifacts: the learning curve (return against env steps, threshold drawn), one test episode as a GIF,
   and where `heatmap` names two state dimensions, V(s) over them (the other dimensions at 0), greedy actions drawn.
 """
@@ -15,6 +17,7 @@ network: `evaluate(model, None, reports_dir, ...) -> (metrics, files)`.
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -42,9 +45,14 @@ def first_reach(steps: np.ndarray, seconds: np.ndarray, values: np.ndarray, thre
 
 
 def running_mean(x: np.ndarray, window: int) -> np.ndarray:
-    c = np.cumsum(np.insert(x, 0, 0.0))
-    n = np.minimum(np.arange(1, len(x) + 1), window)
-    return (c[1:] - c[np.arange(1, len(x) + 1) - n]) / n
+    """The mean of the last `window` values at each point; NaN until a full window exists, so a few lucky
+    early episodes never count as "solved" (NaN ≥ threshold is false)."""
+    x = np.asarray(x, dtype=float)
+    out = np.full(len(x), np.nan)
+    if len(x) >= window:
+        c = np.cumsum(np.insert(x, 0, 0.0))
+        out[window - 1:] = (c[window:] - c[:-window]) / window
+    return out
 
 
 def evaluate(model, datamodule, reports_dir, *, env_id: str, solved_return: float, episodes: int = 100,
@@ -90,6 +98,10 @@ def evaluate(model, datamodule, reports_dir, *, env_id: str, solved_return: floa
             reached_val = first_reach(val["env_steps"], val["seconds"], val["val_return"], solved_return)
             if reached_val:
                 metrics["solve/val_steps"], metrics["solve/val_seconds"] = float(reached_val[0]), reached_val[1]
+        summary_path = Path(model_dir) / "train_summary.json"
+        if summary_path.is_file():
+            stopped_by = json.loads(summary_path.read_text()).get("stopped_by")
+            metrics["train/stopped_by_clock"] = float(stopped_by == "max_seconds")
         files.append(_plot_curve(curve, smooth, val, solved_return, metrics, solve_window, reports_dir / "learning_curve.png", title))
     if gif:
         files.append(_save_gif(model, env_id, seeds[0], reports_dir / "episode.gif", gif_every))

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from dlzoo.errors import CheckpointError
+from dlzoo.errors import CheckpointError, ConfigError
 from dlzoo.rl.envs import env_spaces
 
 
@@ -27,6 +27,12 @@ def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh, out_gain: float
 
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def activation_class(name: str) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
 
 
 class _EnvNet(nn.Module):
@@ -53,7 +59,7 @@ class ActorCritic(_EnvNet):
         super().__init__()
         obs_dim, n_actions = env_spaces(env_id, needs_discrete=family)
         self.env_id = env_id
-        act = ACTIVATIONS[activation]
+        act = activation_class(activation)
         self.actor = mlp([obs_dim, *hidden, n_actions], act, out_gain=0.01)
         self.critic = mlp([obs_dim, *hidden, 1], act, out_gain=1.0)
 
@@ -80,7 +86,7 @@ class QNetwork(_EnvNet):
         super().__init__()
         obs_dim, n_actions = env_spaces(env_id, needs_discrete=family)
         self.env_id = env_id
-        self.q = mlp([obs_dim, *hidden, n_actions], ACTIVATIONS[activation])
+        self.q = mlp([obs_dim, *hidden, n_actions], activation_class(activation))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.q(obs)

@@ -11,15 +11,24 @@ import torch
 from torch import nn
 
 from dlzoo.config import build
+from dlzoo.errors import ConfigError
 from dlzoo.rl.envs import make_vec_env
-from dlzoo.rl.rollout import Budget, Tracker, setup
+from dlzoo.rl.rollout import Budget, Tracker, bootstrap_truncations, check_runner_args, gae, setup
 
 
 def train(cfg, ctx, *, total_steps: int, max_seconds: float, num_envs: int = 8, num_steps: int = 128,
           learning_rate: float = 2.5e-4, anneal_lr: bool = True, gamma: float = 0.99, gae_lambda: float = 0.95,
           num_minibatches: int = 4, update_epochs: int = 4, clip_coef: float = 0.2, ent_coef: float = 0.01,
           vf_coef: float = 0.5, max_grad_norm: float = 0.5, eval_every_steps: int = 10_000, val_episodes: int = 10,
-          stop_return: float | None = None) -> dict:
+          stop_return: float | None = None, **unknown) -> dict:
+    check_runner_args(cfg, train, unknown, positive=dict(
+        total_steps=total_steps, max_seconds=max_seconds, num_envs=num_envs, num_steps=num_steps,
+        learning_rate=learning_rate, num_minibatches=num_minibatches, update_epochs=update_epochs,
+        clip_coef=clip_coef, max_grad_norm=max_grad_norm, eval_every_steps=eval_every_steps,
+        val_episodes=val_episodes), fractions=dict(gamma=gamma, gae_lambda=gae_lambda))
+    if num_minibatches > num_envs * num_steps:
+        raise ConfigError(f"runner.num_minibatches ({num_minibatches}) exceeds the batch of runner.num_envs × "
+                          f"runner.num_steps = {num_envs * num_steps} transitions")
     agent = build(cfg.model, "model")          # refuses an unknown id or a continuous action space, before any run
     envs = make_vec_env(cfg.env.id, num_envs)
     setup(cfg, ctx)
@@ -39,6 +48,10 @@ def train(cfg, ctx, *, total_steps: int, max_seconds: float, num_envs: int = 8, 
     ep_return, ep_length = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
     steps, update, losses = 0, 0, {}
     while not budget.exhausted(steps) and not tracker.solved:
+        # Linear annealing as in CleanRL, but floored at 5% of the rate rather than reaching 0: the loop runs
+        # ceil(total_steps / batch) updates, one more than n_updates when total_steps is not a multiple of the
+        # batch, and that last update would otherwise get a rate of 0 and be wasted; the cpu-profile recipes
+        # were tuned with this floor.
         if anneal_lr:
             optimizer.param_groups[0]["lr"] = learning_rate * max(1.0 - update / n_updates, 0.05)
         # ---- collect num_steps transitions from every environment with the current policy
@@ -51,12 +64,10 @@ def train(cfg, ctx, *, total_steps: int, max_seconds: float, num_envs: int = 8, 
             reward = reward.astype(np.float32)
             ep_return += reward
             ep_length += 1
-            for i in np.flatnonzero(truncated & ~terminated):  # a time limit is not a failure: bootstrap V(s_T)
-                with torch.no_grad():
-                    final = torch.as_tensor(info["final_obs"][i], dtype=torch.float32)
-                    reward[i] += gamma * agent.value(final.unsqueeze(0)).item()
+            bootstrap_truncations(reward, terminated, truncated, info.get("final_obs"), agent.value, gamma)
+            # every environment has taken this vector step: an episode ending in it ends at steps + num_envs
             for i in np.flatnonzero(terminated | truncated):
-                tracker.episode(steps + (i + 1), ep_return[i], ep_length[i])
+                tracker.episode(steps + num_envs, ep_return[i], ep_length[i])
                 ep_return[i], ep_length[i] = 0.0, 0
             rew_buf[t] = torch.as_tensor(reward)
             done_buf[t] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
@@ -64,16 +75,7 @@ def train(cfg, ctx, *, total_steps: int, max_seconds: float, num_envs: int = 8, 
             steps += num_envs
         # ---- generalised advantage estimation (Schulman et al. 2016)
         with torch.no_grad():
-            next_value = agent.value(obs)
-        advantages = torch.zeros_like(rew_buf)
-        gae = torch.zeros(num_envs)
-        for t in reversed(range(num_steps)):
-            nonterminal = 1.0 - done_buf[t]
-            following = next_value if t == num_steps - 1 else val_buf[t + 1]
-            delta = rew_buf[t] + gamma * following * nonterminal - val_buf[t]
-            gae = delta + gamma * gae_lambda * nonterminal * gae
-            advantages[t] = gae
-        returns = advantages + val_buf
+            advantages, returns = gae(rew_buf, val_buf, done_buf, agent.value(obs), gamma, gae_lambda)
         # ---- several epochs of clipped-surrogate updates on shuffled minibatches
         b_obs, b_act, b_logp = obs_buf.flatten(0, 1), act_buf.flatten(), logp_buf.flatten()
         b_adv, b_ret = advantages.flatten(), returns.flatten()

@@ -12,7 +12,7 @@ from torch import nn
 
 from dlzoo.config import build
 from dlzoo.rl.envs import make_env
-from dlzoo.rl.rollout import Budget, Tracker, setup
+from dlzoo.rl.rollout import Budget, Tracker, check_runner_args, setup
 
 
 def discounted_returns(rewards: list[float], gamma: float, bootstrap: float = 0.0) -> torch.Tensor:
@@ -33,7 +33,11 @@ def policy_gradient_loss(log_probs: torch.Tensor, advantages: torch.Tensor) -> t
 def train(cfg, ctx, *, total_steps: int, max_seconds: float, episodes_per_update: int = 4, gamma: float = 0.99,
           learning_rate: float = 1e-3, value_learning_rate: float = 1e-3, ent_coef: float = 0.0,
           normalize_advantages: bool = True, max_grad_norm: float = 1.0, eval_every_steps: int = 10_000,
-          val_episodes: int = 10, stop_return: float | None = None) -> dict:
+          val_episodes: int = 10, stop_return: float | None = None, **unknown) -> dict:
+    check_runner_args(cfg, train, unknown, positive=dict(
+        total_steps=total_steps, max_seconds=max_seconds, episodes_per_update=episodes_per_update,
+        learning_rate=learning_rate, value_learning_rate=value_learning_rate, max_grad_norm=max_grad_norm,
+        eval_every_steps=eval_every_steps, val_episodes=val_episodes), fractions=dict(gamma=gamma))
     agent = build(cfg.model, "model")          # refuses an unknown id or a continuous action space, before any run
     env = make_env(cfg.env.id)
     setup(cfg, ctx)

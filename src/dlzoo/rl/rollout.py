@@ -2,13 +2,16 @@
 greedy validation episodes on their own seeds, the one row per iteration the pipeline prints and plots,
 and the best-checkpoint bookkeeping. The evaluator runs its test episodes with the same `run_episodes`.
 
-Seeds never overlap: training environments start from `cfg.seed` (+ index), validation episodes use
-VAL_SEED + k, and the evaluator's test episodes TEST_SEED + k (conf/evaluator/control.yaml)."""
+Seeds never overlap: training uses `cfg.seed` + an index (REINFORCE and DQN reset their one environment with
+cfg.seed + episode index, A2C and PPO seed their vectorised environments once with cfg.seed + env index),
+validation episodes use VAL_SEED + k, and the evaluator's test episodes TEST_SEED + k
+(conf/evaluator/control.yaml); `check_runner_args` refuses a `seed` whose training range would reach VAL_SEED."""
 
 from __future__ import annotations
 
 import copy
 import csv
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -16,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlzoo.errors import ConfigError
 from dlzoo.rl.envs import make_env
 
 log = logging.getLogger("dlzoo")
 
 VAL_SEED = 1_000_000
+TEST_SEED = 2_000_000   # the evaluator's default `seed` (conf/evaluator/control.yaml)
 EPISODES_CSV = "episodes.csv"   # in the model dir: every training episode (env steps, seconds, return, length)
 VAL_CSV = "validation.csv"      # in the model dir: every greedy validation (env steps, seconds, mean return)
 
@@ -52,6 +57,63 @@ def greedy_policy(model):
         with torch.no_grad():
             return int(model.greedy(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0])
     return act
+
+
+def check_runner_args(cfg, train_fn, unknown: dict, *, positive: dict, fractions: dict | None = None,
+                      choices: dict | None = None) -> None:
+    """A runner's arguments checked before it builds anything or opens its MLflow run, each refusal one line
+    naming the key: `unknown` (the recipe's runner keys the runner does not take, e.g. a typo), counts and
+    sizes that must be > 0 (`positive`), values that must lie in [0, 1] (`fractions`), `choices` as
+    {key: (value, allowed)}; and the recipe's `seed`, whose training seeds (seed + an episode or env index,
+    at most seed + total_steps) must stay below the validation seeds (VAL_SEED + k)."""
+    if unknown:
+        accepted = [n for n, p in inspect.signature(train_fn).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY]
+        raise ConfigError(f"unknown runner key(s) {', '.join('runner.' + k for k in sorted(unknown))} for "
+                          f"{train_fn.__module__}.train; it accepts: {', '.join(accepted)}")
+    for key, value in positive.items():
+        if value is None or not value > 0:
+            raise ConfigError(f"runner.{key} must be positive, got {value!r}")
+    for key, value in (fractions or {}).items():
+        if value is None or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"runner.{key} must lie in [0, 1], got {value!r}")
+    for key, (value, allowed) in (choices or {}).items():
+        if value not in allowed:
+            raise ConfigError(f"runner.{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    seed, total = int(cfg.seed), int(positive.get("total_steps", 0))
+    if seed < 0 or seed + total >= VAL_SEED:
+        raise ConfigError(f"seed {seed}: training uses seeds seed .. seed + runner.total_steps ({seed + total}), "
+                          f"which must stay in [0, {VAL_SEED}) below the validation ({VAL_SEED:,}+) and test "
+                          f"({TEST_SEED:,}+) seeds: pick 0 <= seed < {VAL_SEED - total}")
+
+
+def bootstrap_truncations(reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, final_obs,
+                          value_fn, gamma: float) -> np.ndarray:
+    """A time limit is not a failure: where an environment was truncated (not terminated), add γ V(s_T) of
+    its last observation `final_obs[i]` to its reward, so the return continues past the cut. In place."""
+    for i in np.flatnonzero(truncated & ~terminated):
+        with torch.no_grad():
+            final = torch.as_tensor(np.asarray(final_obs[i]), dtype=torch.float32)
+            reward[i] += gamma * float(value_fn(final.unsqueeze(0)).reshape(-1)[0])
+    return reward
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
+        gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) on a (T, num_envs) rollout: `dones[t]` = 1
+    where an episode ended at step t (its reward already holds γ V(s_T) where it was truncated, see
+    `bootstrap_truncations`), `next_value` = V of the observation after the last step. gae_lambda = 1 gives
+    the n-step return's advantage (A2C). Returns (advantages, returns = advantages + values)."""
+    steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(next_value)
+    for t in reversed(range(steps)):
+        nonterminal = 1.0 - dones[t]
+        following = next_value if t == steps - 1 else values[t + 1]
+        delta = rewards[t] + gamma * following * nonterminal - values[t]
+        running = delta + gamma * gae_lambda * nonterminal * running
+        advantages[t] = running
+    return advantages, advantages + values
 
 
 class Budget:
@@ -122,7 +184,9 @@ class Tracker:
             self.best_state = copy.deepcopy(self.model.state_dict())
         # Early stop (deterministic: it depends on env steps only) once the greedy policy scores stop_return
         # on every validation seed and the training curve has reached the environment's solved threshold.
-        if self.stop_return is not None and val >= self.stop_return and self.recent_return() >= self.cfg.env.solved_return:
+        # The running mean counts only once it spans a full window (one lucky early episode is not "solved").
+        if (self.stop_return is not None and val >= self.stop_return and len(self.episodes) >= self.window
+                and self.recent_return() >= self.cfg.env.solved_return):
             self.solved = True
         self.rows += 1
         while self.next_row <= steps:
