@@ -2,13 +2,15 @@
 own train and evaluate entry points, the pieces of the algorithms do what the books say (the Q-learning
 target on a hand-made MDP, the policy-gradient sign on a bandit), a seed gives one evaluation return, and
 bad input (an unknown environment, an action space a family cannot use, a checkpoint of another environment)
-stops with a one-line error before anything is written to the MLflow store."""
+stops with a one-line error before anything is written to the MLflow store. The generic compress stage takes an
+agent: dynamic int8, and policy distillation against its control, measured on the teacher's test seeds."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -17,9 +19,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import CONF, mlflow_runs, run_entry, sqlite_ok
+from dlzoo.compression.compress import compress, for_profile
 from dlzoo.errors import CheckpointError, ConfigError
 from dlzoo.evaluation.evaluate import evaluate
+from dlzoo.models import count_parameters
+from dlzoo.rl.compress import distill, distill_loss
 from dlzoo.rl.dqn import td_target
+from dlzoo.rl.nets import ActorCritic
 from dlzoo.rl.reinforce import policy_gradient_loss
 from dlzoo.rl.rollout import bootstrap_truncations, gae
 from dlzoo.training.train import train
@@ -281,30 +287,112 @@ def test_unknown_runner_key_through_the_entry_point(tmp_path):
     assert not (tmp_path / "mlflow.db").exists() or mlflow_runs(tmp_path / "mlflow.db") == []
 
 
-# ----------------------------------------------------------------------------- compression (functions; no stage yet)
-def test_int8_and_policy_distillation_of_a_trained_agent(fitted, store):
-    from dlzoo.rl.compress import distill, distill_loss, dynamic_int8
-    from dlzoo.rl.nets import ActorCritic
+# ----------------------------------------------------------------------------- compression through the compress stage
+def _compress_cfg(method: str, *more: str):
+    """The compress stage's config for the smoke-fitted CartPole A2C (the recipe that declares RL compression)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        # compress.onnx.export as the stage command sets it from the recipe (compression.onnx: false)
+        cfg = compose(config_name="compression", overrides=["experiment=control-cartpole-a2c", f"compress={method}",
+                                                             *SMOKE, "evaluator.gif=false", "compress.onnx.export=false", *more])
+    GlobalHydra.instance().clear()
+    return for_profile(cfg)
 
-    cfg = _smoke("ppo")
+
+def _test_seeds(folder) -> list[int]:
+    with open(folder / "test_returns.csv") as f:
+        return [int(r["seed"]) for r in csv.DictReader(f)]
+
+
+def _run_names(db) -> Counter:
+    return Counter(r["name"] for r in mlflow_runs(db))
+
+
+def test_dynamic_int8_agent_through_the_compress_stage(fitted, store):
+    """The generic stage takes an agent (no data, a plain network): int8 policy and critic, measured by the RL
+    evaluator on the parent's test seeds, timed on observations from the recipe's examples hook."""
+    db = store / "mlflow.db"
+    before = _run_names(db)
+    metrics = compress(_compress_cfg("dynamic-int8"))
+    parent = fitted["a2c"][1]
+    out = store / "artifacts/compressed/control-cartpole/a2c-dynamic-int8"
+    assert _test_seeds(out / "evaluation") == _test_seeds(store / "artifacts/reports/control-cartpole-a2c")
+    # the parent re-measured in the stage is the evaluate stage's own number: like for like
+    assert metrics["parent/test/return_mean"] == parent["test/return_mean"]
+    assert metrics["parent/baseline/random_return_mean"] == metrics["baseline/random_return_mean"]
+    # every Linear of policy and critic is int8 (counted with the module holding its packed weights)
+    assert metrics["quantized_modules"] == 2 * sum(isinstance(m, torch.nn.Linear) for m in ActorCritic("CartPole-v1").modules())
+    assert metrics["num_params"] == parent["num_params"] and metrics["size_ratio"] > 2
+    assert {"speedup_b1", "speedup_b32_lo", "speedup_b32_hi"} <= set(metrics)
+    assert json.loads((store / "metrics/control-cartpole/a2c-dynamic-int8.json").read_text()) == metrics
+    assert _run_names(db) - before == Counter(["a2c-dynamic-int8"])
+    run = next(r for r in mlflow_runs(db) if r["name"] == "a2c-dynamic-int8")
+    summary = json.loads((store / "artifacts/models/control-cartpole-a2c/train_summary.json").read_text())
+    assert run["status"] == "FINISHED" and run["tags"]["stage"] == "compress"
+    assert run["tags"]["method"] == "dynamic-int8" and run["tags"]["parent_run_id"] == summary["run_id"]
+
+
+def test_policy_distillation_and_its_control_through_the_compress_stage(fitted, store):
+    """The same small student, distilled from the agent or trained by the agent's own runner without it; both
+    measured on the teacher's test seeds, neither credited with the teacher's training curve."""
+    db = store / "mlflow.db"
+    before = _run_names(db)
+    cfg = _compress_cfg("policy-distill")
+    distilled = compress(cfg)
+    control = compress(_compress_cfg("policy-distill-control"))
+    student = count_parameters(ActorCritic("CartPole-v1", hidden=list(cfg.compress.apply.student.hidden)))
+    for m in (distilled, control):
+        assert m["student_params"] == m["num_params"] == student
+        assert m["teacher_params"] == fitted["a2c"][1]["num_params"] and m["student_fraction"] <= 0.1
+        assert m["parent/test/return_mean"] == fitted["a2c"][1]["test/return_mean"]
+        assert m["retention"] == pytest.approx((m["test/return_mean"] - m["baseline/random_return_mean"])
+                                               / (m["parent/test/return_mean"] - m["parent/baseline/random_return_mean"]))
+        assert not any("solve/" in k or "train/" in k for k in m)
+    assert distilled["student/env_steps"] == cfg.compress.apply.total_steps and distilled["student/stopped_by_clock"] == 0
+    assert control["student/env_steps"] >= cfg.runner.total_steps and control["student/stopped_by_clock"] == 0
+    assert distilled["retention_min"] == cfg.compress.acceptance.min_retention and "retention_passed" in distilled
+    assert "retention_passed" not in control
+    for method in ("policy-distill", "policy-distill-control"):
+        folder = store / f"artifacts/compressed/control-cartpole/a2c-{method}"
+        assert _test_seeds(folder / "evaluation") == [2_000_000, 2_000_001, 2_000_002]
+        assert (folder / "evaluation/value_heatmap.png").is_file() and not (folder / "evaluation/episode.gif").exists()
+    # the control's training opened no MLflow run of its own: one compress run per stage, nothing else
+    assert _run_names(db) - before == Counter(["a2c-policy-distill", "a2c-policy-distill-control"])
+
+
+BAD_COMPRESS = [  # (method, override, what the one-line error must name)
+    ("policy-distill", "compress.apply.student.hidden=[128]", "compress.apply.student"),
+    ("policy-distill-control", "compress.apply.student.hidden=[128]", "compress.apply.student"),
+    ("policy-distill", "compress.apply.batch_size=0", "batch_size"),
+    ("policy-distill", "+compress.evaluator.gif_every_nth=3", "compress.evaluator.gif_every_nth"),
+    ("prune-unstructured", None, "data.module"),   # a method that fine-tunes on training data
+    ("fp16", None, "keeps the network's class"),    # a wrapper without the agent's greedy/state_value
+]
+
+
+@pytest.mark.parametrize("method,override,key", BAD_COMPRESS, ids=[f"{m}:{o}" for m, o, _ in BAD_COMPRESS])
+def test_bad_compress_input_is_a_one_line_error_without_a_run(method, override, key, fitted, store):
+    db = store / "mlflow.db"
+    before = _run_names(db)
+    written = {p: p.read_bytes() for p in (store / "metrics/control-cartpole").glob("*.json")}
+    with pytest.raises(ConfigError) as exc:
+        compress(_compress_cfg(method, *([override] if override else [])))
+    assert key in _one_line(exc)
+    assert _run_names(db) == before
+    assert {p: p.read_bytes() for p in (store / "metrics/control-cartpole").glob("*.json")} == written
+
+
+def test_policy_distillation_moves_the_student_towards_its_teacher(fitted, store):
+    """The distillation loss itself: KL(teacher ‖ student) on held-out states falls from the untrained student's."""
     teacher = ActorCritic("CartPole-v1", hidden=[64, 64])
     teacher.load_state_dict(torch.load(store / "artifacts/models/control-cartpole-ppo/best.ckpt", weights_only=True)["state_dict"])
     teacher.eval()
     states = torch.randn(512, 4) * torch.tensor([1.0, 1.0, 0.1, 1.0])
-    quantized = dynamic_int8(teacher)
-    assert any("quantized" in type(m).__module__ for m in quantized.modules())
-    with torch.no_grad():
-        agree = (quantized.greedy(states) == teacher.greedy(states)).float().mean().item()
-    assert agree > 0.9 and quantized.state_value(states).shape == (512,)
-
-    with pytest.raises(ConfigError) as exc:  # a student above 1/10 of the teacher is not compression
-        distill(teacher, ActorCritic("CartPole-v1", hidden=[128]), cfg.env.id)
-    assert "more than 0.1 of the teacher's 9155" in _one_line(exc)
     torch.manual_seed(0)
     student = ActorCritic("CartPole-v1", hidden=[16])
     with torch.no_grad():
         before = distill_loss(student(states), teacher(states), 1.0).item()
-    student, info = distill(teacher, student, cfg.env.id, total_steps=1000, rounds=2, epochs=10)
+    student, info = distill(teacher, student, "CartPole-v1", total_steps=1000, rounds=2, epochs=10)
     with torch.no_grad():
         after = distill_loss(student(states), teacher(states), 1.0).item()
-    assert info["student_fraction"] <= 0.1 and after < before
+    assert info["student_fraction"] <= 0.1 and info["student/env_steps"] == 1000 and after < before

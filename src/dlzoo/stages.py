@@ -241,13 +241,17 @@ def build_stages() -> dict:
         for method in cfg.compression.methods:
             onnx = "true" if cfg.compression.onnx else "false"
             ccfg, cfiles = composer.compose("compression", [f"experiment={name}", f"compress={method}"])
-            comp_cfg = OmegaConf.masked_copy(ccfg, [k for k in ("data", "model", "evaluator", "compress") if k in ccfg])
+            # `compression` too: its `examples` hook (an agent's inputs) is code the stage runs
+            comp_cfg = OmegaConf.masked_copy(ccfg, [k for k in ("data", "model", "evaluator", "compression") if k in ccfg])
             if OmegaConf.select(comp_cfg, "data.prepare") is not None:
                 comp_cfg.data.pop("prepare")
+            # the method resolved: a `_target_` it takes by interpolation (a control's ${runner}) is code it runs
+            method_cfg = OmegaConf.to_container(ccfg.compress, resolve=True)
             compress[f"{name}-{method}"] = {
                 "cmd": f"python pipelines/compress.py experiment={name} compress={method} compress.onnx.export={onnx} profile=${{profile}}",
                 "params": ["profile"],
-                "deps": _code_deps("pipelines/compress.py", comp_cfg) + _conf_deps(cfiles, name) + [cfg.paths.model_dir, *data_deps],
+                "deps": _code_deps("pipelines/compress.py", [OmegaConf.to_container(comp_cfg), method_cfg])
+                + _conf_deps(cfiles, name) + [cfg.paths.model_dir, *data_deps],
                 "outs": [ccfg.paths.compressed_dir],
                 "metrics": [{ccfg.paths.compress_metrics_file: {"cache": False}}],
             }

@@ -6,7 +6,9 @@ with the parent family's own evaluator, recorded as its own MLflow run and DVC m
 Any family plugs in whose LightningModule keeps its network in `.net` (dlzoo.models.base.FamilyModule):
 its evaluator (`cfg.evaluator`, `evaluate(module, datamodule, out_dir) -> (metrics, files)`) gets the
 family's own LightningModule with the compressed network swapped into `.net`, exactly as the evaluate
-stage hands it the parent, so the network only has to accept the parent's inputs. The parent
+stage hands it the parent, so the network only has to accept the parent's inputs. A family without data
+(an RL agent) is handed as the evaluate stage hands it: the network itself and `datamodule=None` (its
+evaluator brings its own held-out episodes), with example inputs from the recipe's `compression.examples`. The parent
 is measured again in the same process, so the ratios (`size_ratio`, `speedup_b32`, ...) compare numbers
 taken under the same machine load; speed-ups come with an interval (`speedup_b32_lo` / `_hi`) and
 `speedup_b32_significant` says whether it excludes 1.0.
@@ -31,7 +33,7 @@ from dlzoo.compression.measure import size_metrics
 from dlzoo.compression.serialize import save_model
 from dlzoo.config import build, require_keys
 from dlzoo.io import read_json, write_json
-from dlzoo.errors import ExportError
+from dlzoo.errors import ConfigError, ExportError
 from dlzoo.checkpoints import load_trained_module
 from dlzoo.evaluation.profiling import count_macs, cpu_latency
 from dlzoo.tracking import flat_params, start_run
@@ -56,7 +58,7 @@ def load_parent(cfg: DictConfig):
 
 
 def compress(cfg: DictConfig) -> dict:
-    require_keys(cfg, "task", "family", "data.module", "evaluator", "model", "compress.method", "compress.apply")
+    require_keys(cfg, "task", "family", "evaluator", "model", "compress.method", "compress.apply")
     cfg = for_profile(cfg)
     previous = torch.get_num_threads()
     # A fixed intra-op thread count: small models gain nothing from more, and on a shared CPU extra
@@ -73,15 +75,20 @@ def _compress(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     method = build(cfg.compress.apply, "compress.apply")  # bad method parameters fail before any work
+    evaluator = build(evaluator_config(cfg), "evaluator")
     module, ckpt_path = load_parent(cfg)
-    datamodule = build(cfg.data.module, "data.module")
-    datamodule.setup("fit")
-    datamodule.setup("test")
+    datamodule = None  # a family that owns its loop (an agent) has no dataset
+    if OmegaConf.select(cfg, "data.module") is not None:
+        datamodule = build(cfg.data.module, "data.module")
+        datamodule.setup("fit")
+        datamodule.setup("test")
     inputs = build(cfg.compress.inputs, "compress.inputs") if cfg.compress.get("inputs") else first_input
-    ctx = CompressContext(cfg, copy.deepcopy(module.net).eval(), datamodule, inputs, module)
+    examples = OmegaConf.select(cfg, "compression.examples")
+    examples = build(examples, "compression.examples") if examples is not None else None
+    net = getattr(module, "net", module)  # an agent's checkpoint loads its network itself
+    ctx = CompressContext(cfg, copy.deepcopy(net).eval(), datamodule, inputs, module, examples)
 
     result: Compressed = method(ctx)
-    evaluator = build(cfg.evaluator, "evaluator")
     out_dir = Path(cfg.paths.compressed_dir)
     with tempfile.TemporaryDirectory() as scratch:  # the parent's plots are the evaluate stage's, not ours
         parent_metrics, _ = evaluator(ctx.with_net(ctx.parent()), datamodule, scratch)
@@ -91,7 +98,10 @@ def _compress(cfg: DictConfig) -> dict:
     metrics.update(result.info)
     metrics.update({f"parent/{k}": float(v) for k, v in parent_metrics.items()})
     metrics.update(_ratios(metrics, parent_metrics))
-    if "latency_ms_b1" in metrics and cfg.compress.get("paired_latency", True):
+    metrics.update(retention(metrics, parent_metrics, cfg.compress.get("acceptance")))
+    # Timed where the evaluator times the model too, or where the family's examples are its inputs (an agent
+    # acts on one observation per step: its evaluator keeps no latency of its own).
+    if ("latency_ms_b1" in metrics or examples is not None) and cfg.compress.get("paired_latency", True):
         metrics.update(_paired_speedups(ctx.parent(), result.nets[0], ctx, threads=cfg.evaluator.get("latency_threads", 1),
                                         rounds=int(OmegaConf.select(cfg, "speedup.rounds", default=6)),
                                         min_run_time=float(OmegaConf.select(cfg, "speedup.min_run_time_s", default=0.05))))
@@ -128,6 +138,45 @@ def _compress(cfg: DictConfig) -> dict:
     log.info("compressed %s with %s in %.1f s: %s", cfg.experiment_name, cfg.compress.method, seconds,
              {k: round(v, 5) for k, v in metrics.items() if not k.startswith(("parent/", "seed"))})
     return metrics
+
+
+def evaluator_config(cfg: DictConfig) -> DictConfig:
+    """The family's evaluator with the method's `compress.evaluator` settings merged in, for the parent and
+    the compressed model alike (e.g. a student trained apart from its teacher must not be credited with the
+    teacher's training curve). A setting the evaluator does not have is a one-line error."""
+    overrides = cfg.compress.get("evaluator")
+    if not overrides:
+        return cfg.evaluator
+    unknown = sorted(set(overrides) - set(cfg.evaluator))
+    if unknown:
+        raise ConfigError(f"compress.evaluator.{unknown[0]} is not a setting of the evaluator {cfg.evaluator._target_} "
+                          f"(it has: {', '.join(k for k in cfg.evaluator if not k.startswith('_'))})")
+    return OmegaConf.merge(cfg.evaluator, overrides)
+
+
+def retention(metrics: dict, parent: dict, acceptance: DictConfig | None) -> dict[str, float]:
+    """How much of the parent's result the compressed model keeps: (m - b) / (parent m - parent b) on
+    `acceptance.metric`, b the `acceptance.baseline` metric measured on the same held-out examples (a
+    uniform-random policy's return: the raw ratio means nothing for negative returns such as Acrobot's),
+    or 0 without one; `retention_passed` says whether it reaches the method's `min_retention`. Recorded,
+    with a warning when short, never hidden (as an ONNX model outside its tolerance)."""
+    if not acceptance:
+        return {}
+    key, base = acceptance.metric, acceptance.get("baseline")
+    missing = [k for k in (key, base) if k and (k not in metrics or k not in parent)]
+    if missing:
+        raise ConfigError(f"compress.acceptance names {missing[0]}, which the evaluator does not report")
+    b, pb = (metrics[base], parent[base]) if base else (0.0, 0.0)
+    if parent[key] == pb:
+        raise ConfigError(f"compress.acceptance: the parent's {key} equals its baseline {base}: nothing to retain")
+    out = {"retention": (metrics[key] - b) / (parent[key] - pb)}
+    if acceptance.get("min_retention") is not None:
+        out["retention_min"] = float(acceptance.min_retention)
+        out["retention_passed"] = float(out["retention"] >= acceptance.min_retention)
+        if not out["retention_passed"]:
+            log.warning("the compressed model keeps %.1f%% of its parent's %s, short of the %.0f%% bar",
+                        100 * out["retention"], key, 100 * acceptance.min_retention)
+    return out
 
 
 def _measure(result: Compressed, evaluator, ctx: CompressContext, out_dir: Path) -> tuple[dict, list[Path]]:
@@ -202,7 +251,7 @@ def _export_onnx(net, ctx: CompressContext, path: Path, onnx_cfg: DictConfig) ->
     status `outside tolerance: ...` in the run's `onnx_export` tag and the compress report)."""
     try:
         export_onnx.export(net, ctx.example(1), path)
-        checked = export_onnx.check(path, net, (ctx.inputs(b) for b in ctx.datamodule.test_dataloader()),
+        checked = export_onnx.check(path, net, ctx.test_inputs(),
                                     onnx_cfg.get("atol"), onnx_cfg.get("steps_per_requantisation"))
     except ExportError as exc:
         path.unlink(missing_ok=True)

@@ -62,9 +62,10 @@ def evaluate(model, datamodule, reports_dir, *, env_id: str, solved_return: floa
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     obs_dim, _ = env_spaces(env_id)
-    first = next(model.parameters())
-    if first.ndim == 2 and first.shape[1] != obs_dim:
-        raise ConfigError(f"the trained network takes {first.shape[1]} observations, {env_id} gives {obs_dim}: "
+    # the first layer's width, float or int8 (an int8 network keeps its weights packed, outside parameters())
+    first = next((m for m in model.modules() if hasattr(m, "in_features")), None)
+    if first is not None and first.in_features != obs_dim:
+        raise ConfigError(f"the trained network takes {first.in_features} observations, {env_id} gives {obs_dim}: "
                           f"a checkpoint of another environment?")
     model.eval()
     seeds = [seed + k for k in range(episodes)]
