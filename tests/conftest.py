@@ -17,6 +17,18 @@ from hydra.utils import instantiate
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
+# The suite runs on two pytest-xdist workers (pyproject addopts): `make repro PROFILE=smoke` in a fresh copy
+# (tests/test_make_repro.py) is one long serial chain of stage processes, mostly start-up on one core, while
+# the other tests run beside it. One intra-op thread per worker keeps the two from fighting over the cores
+# (torch's OpenMP threads spin-wait); the make-repro copy runs its stages in a user's environment, untouched.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The make-repro chain first: it is the critical path, so it must not wait behind other modules."""
+    items.sort(key=lambda item: item.path.name != "test_make_repro.py")
+
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
