@@ -20,7 +20,8 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "expe
 TINY_DATA = {"shapes": ["data.prepare.n_train=8", "data.prepare.n_val=4", "data.prepare.n_test=4", "data.prepare.image_size=64"],
              # raw text from the repository (tests run in a scratch directory), its first 5,000 lines
              "embeddings-en": [f"data.prepare.train_file={RAW}/enja/train.en", f"data.prepare.val_file={RAW}/enja/dev.en", "data.prepare.max_lines=5000"],
-             "enja": [f"data.prepare.raw_dir={RAW}/enja", "data.prepare.limit_train=2000", "data.prepare.n_val=200"]}
+             "enja": [f"data.prepare.raw_dir={RAW}/enja", "data.prepare.limit_train=2000", "data.prepare.n_val=200"],
+             "fsdd": [f"data.prepare.raw_dir={RAW}/fsdd/recordings"]}
 
 
 # Every stage of every family runs through DVC in tests/test_make_repro.py (`make repro PROFILE=smoke`), so
