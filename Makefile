@@ -11,16 +11,20 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 # make repro PROFILE=smoke: the whole pipeline at smoke size (a DVC experiment with profile=smoke)
 PROFILE ?=
+# make repro TARGETS=evaluate_digits-cnn: only those stages and what they depend on (dvc repro's targets)
+TARGETS ?=
 # Every stage command calls `python`: with the venv first on PATH it is the venv's, activated or not;
 # PYTHONPATH makes it import this tree's src/ whichever checkout the venv was installed from.
 RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" PYTHONPATH="$(CURDIR)/src"
 
-.PHONY: help venv data repro stages results test test-slow ui clean
+.PHONY: help venv data repro stages results test test-e2e test-slow ui clean
 help:
 	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; see README: Timings)"
 	@echo "make repro PROFILE=smoke the same pipeline at smoke size (minutes): try this first"
-	@echo "make test               bootstrap, then run the default test suite (pytest, not slow)"
-	@echo "make test-slow          the slow tests too (long end-to-end runs)"
+	@echo "make repro TARGETS=...  only those stages and their upstream, e.g. TARGETS=evaluate_digits-cnn"
+	@echo "make test               bootstrap, then run the default test suite (pytest: not slow, not e2e)"
+	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy (~25 min)"
+	@echo "make test-slow          every test, slow and e2e included"
 	@echo "make stages             regenerate dvc.yaml from conf/experiment/ (python -m dlzoo.stages)"
 	@echo "make results            regenerate the README's results tables from metrics/"
 	@echo "make ui                 MLflow UI for mlflow.db on http://$(HOST):$(PORT)"
@@ -40,9 +44,9 @@ data: $(STAMP)
 
 repro: data
 ifeq ($(PROFILE),)
-	$(RUN) dvc repro
+	$(RUN) dvc repro $(TARGETS)
 else
-	$(RUN) dvc exp run --set-param profile=$(PROFILE)
+	$(RUN) dvc exp run --set-param profile=$(PROFILE) $(TARGETS)
 endif
 
 stages: $(STAMP)
@@ -54,8 +58,11 @@ results: $(STAMP)
 test: data
 	$(RUN) python -m pytest
 
+test-e2e: data
+	$(RUN) python -m pytest -m e2e
+
 test-slow: data
-	$(RUN) python -m pytest -m "slow or not slow"
+	$(RUN) python -m pytest -m "slow or e2e or not slow"
 
 ui: $(STAMP)
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(HOST) --port $(PORT)

@@ -171,24 +171,33 @@ def _code_deps(entry: str, cfg) -> list[str]:
     return _rel(import_closure([ROOT / entry], target_modules(cfg)))
 
 
+def _strings(node) -> list[str]:
+    found = []
+    if isinstance(node, dict):
+        for v in node.values():
+            found += _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            found += _strings(v)
+    elif isinstance(node, str):
+        found.append(node)
+    return found
+
+
+def _artifact_inputs(node, own: list[str]) -> list[str]:
+    """`artifacts/...` paths an evaluator's settings name (another family's model it runs, e.g. a generator whose
+    clips a classifier labels), except those inside the stage's own inputs."""
+    resolved = OmegaConf.to_container(node, resolve=True)
+    return sorted({p for p in _strings(resolved) if p.startswith("artifacts/")
+                   and not any(p == o or p.startswith(o.rstrip("/") + "/") for o in own)})
+
+
 def _raw_data(cfg) -> list[str]:
     """`data/...` paths named in `data.prepare` (DVC-tracked raw data the prepare step reads)."""
-    found = set()
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-        elif isinstance(node, str) and node.startswith("data/"):
-            found.add(node)
-
     prepare = OmegaConf.select(cfg, "data.prepare")
-    if prepare is not None:
-        walk(OmegaConf.to_container(prepare, resolve=True))
-    return sorted(found)
+    if prepare is None:
+        return []
+    return sorted({p for p in _strings(OmegaConf.to_container(prepare, resolve=True)) if p.startswith("data/")})
 
 
 # ----------------------------------------------------------------------------- the stage table
@@ -234,7 +243,8 @@ def build_stages() -> dict:
         evaluate[name] = {
             "cmd": f"python pipelines/evaluate.py experiment={name} profile=${{profile}}",
             "params": ["profile"],
-            "deps": _code_deps("pipelines/evaluate.py", eval_cfg) + conf + [cfg.paths.model_dir, *data_deps],
+            "deps": _code_deps("pipelines/evaluate.py", eval_cfg) + conf + [cfg.paths.model_dir, *data_deps]
+            + _artifact_inputs(cfg.evaluator, [cfg.paths.model_dir, *data_deps]),
             "outs": [cfg.paths.reports_dir],
             "metrics": [{cfg.paths.metrics_file: {"cache": False}}],
         }

@@ -1,0 +1,63 @@
+"""The README's command as a user types it, in the default suite: `make repro PROFILE=smoke TARGETS=<stage>` in a
+fresh copy, from a shell where no virtualenv is active, runs one family's chain with the venv's `python`
+(the whole pipeline, ~100 stages, is tests/test_make_repro.py: `make test-e2e`, run by CI after this suite).
+
+Then: exactly that chain ran, DVC calls it up to date, each stage imported only project files among its deps,
+the numbers reached the DVC metrics file and the MLflow store alike, and typing it again runs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import mlflow_runs
+from test_make_repro import activated_env, fresh_copy, sh, user_env
+
+TARGET = "evaluate_timeseries-sine-rnn"
+CHAIN = {"prepare_timeseries-sine", "train_timeseries-sine-rnn", TARGET}
+
+
+@pytest.fixture(scope="module")
+def typed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("typed")
+    dst = fresh_copy(base)
+    audit = base / "imports.jsonl"
+    out = sh("make", "repro", "PROFILE=smoke", f"TARGETS={TARGET}", cwd=dst, env=user_env({"DLZOO_IMPORT_AUDIT": str(audit)}))
+    return dst, out.stdout + out.stderr, audit
+
+
+def test_the_chain_ran_with_the_venv_and_is_up_to_date(typed):
+    dst, log, _ = typed
+    assert set(re.findall(r"Running stage '([^']+)'", log)) == CHAIN
+    status = sh("dvc", "status", "--json", TARGET, cwd=dst, env=activated_env()).stdout
+    assert json.loads(status or "{}") == {}
+    assert "done in" in log
+
+
+def test_each_stage_imported_only_its_deps(typed):
+    dst, _, audit = typed
+    stages = yaml.safe_load((dst / "dvc.yaml").read_text())["stages"]
+    seen = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert {r["stage"] for r in seen} == CHAIN
+    for record in seen:
+        files = {str(Path(f).resolve().relative_to(dst.resolve())) for f in record["files"]}
+        assert files <= set(stages[record["stage"]]["deps"]), sorted(files - set(stages[record["stage"]]["deps"]))
+
+
+def test_metrics_reach_dvc_and_mlflow_alike(typed):
+    dst, _, _ = typed
+    on_disk = json.loads((dst / "metrics/timeseries-sine/rnn.json").read_text())
+    runs = [r for r in mlflow_runs(dst / "mlflow.db") if r["tags"]["stage"] == "evaluate"]
+    assert len(runs) == 1 and runs[0]["tags"]["profile"] == "smoke"
+    assert runs[0]["metrics"]["test/mae"] == pytest.approx(on_disk["test/mae"])
+
+
+def test_typing_it_again_runs_nothing(typed):
+    dst, _, _ = typed
+    out = sh("make", "repro", "PROFILE=smoke", f"TARGETS={TARGET}", cwd=dst).stdout
+    assert "Running stage" not in out
