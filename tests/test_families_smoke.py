@@ -10,10 +10,11 @@ from dlzoo.evaluation.evaluate import evaluate
 from dlzoo.training.train import train
 
 RAW = Path(__file__).resolve().parents[1] / "data"
-# Supervised families only: the reinforcement-learning recipes (control-*) have no dataset to prepare and no
-# val/loss; tests/test_control.py fits and evaluates each of them through the same train/evaluate functions.
+# Supervised families only: the reinforcement-learning recipes (control-*) and the self-play ones (go-*) have
+# no dataset to prepare and no val/loss; tests/test_control.py and tests/test_go.py fit and evaluate them
+# through the same entry points.
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")
-                     if not p.stem.endswith("baselines") and not p.stem.startswith("control-"))
+                     if not p.stem.endswith("baselines") and not p.stem.startswith(("control-", "go-")))
 
 
 # Generated datasets are shrunk further than the smoke profile does.

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from dlzoo.data.common import SplitDataModule, require_prepared
-from dlzoo.data.fsdd import SPLITS, mu_law_decode
+from dlzoo.data.common import require_prepared
+from dlzoo.data.fsdd import SPLITS, FSDDDataModule, mu_law_decode
 from dlzoo.errors import ConfigError
 from dlzoo.io import read_json
 
@@ -46,15 +46,16 @@ def decode(codes: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(mu_law_decode(codes.astype(np.float64)).astype(np.float32))[:, None, :]
 
 
-class FSDDClassificationDataModule(SplitDataModule):
+class FSDDClassificationDataModule(FSDDDataModule):
+    """The generator's data module (its loaders, `speakers`) serving whole clips and digits instead of codes."""
+
     def __init__(self, data_dir: str, batch_size: int = 32, eval_batch_size: int = 100, holdout_speaker: str | None = None,
                  max_shift: int = 0, max_eval_recordings: int | None = None, num_workers: int = 0):
-        super().__init__(batch_size, num_workers)
-        self.data_dir, self.eval_batch_size, self.holdout_speaker = data_dir, eval_batch_size, holdout_speaker
-        self.max_shift, self.max_eval_recordings = max_shift, max_eval_recordings
+        super().__init__(data_dir, batch_size, eval_batch_size, crop_len=None, max_eval_recordings=max_eval_recordings,
+                         num_workers=num_workers)
+        self.holdout_speaker, self.max_shift = holdout_speaker, max_shift
         self.settings = dict(data_dir=data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size, max_shift=max_shift,
                              max_eval_recordings=max_eval_recordings, num_workers=num_workers)
-        self.arrays: dict[str, dict[str, np.ndarray]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -85,11 +86,3 @@ class FSDDClassificationDataModule(SplitDataModule):
     def with_holdout(self, speaker: str | None) -> "FSDDClassificationDataModule":
         """The same data module on another split: the leave-one-speaker-out fold of `speaker` (None: official)."""
         return FSDDClassificationDataModule(holdout_speaker=speaker, **self.settings)
-
-    @property
-    def speakers(self) -> list[str]:
-        return self.summary["speakers"]
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        batch_size = self.batch_size if split == "train" else self.eval_batch_size
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers)

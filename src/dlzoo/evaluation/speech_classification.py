@@ -32,7 +32,6 @@ from dlzoo.evaluation.plots import plot_bar, plot_confusion_matrix
 from dlzoo.evaluation.profiling import profile_classifier
 from dlzoo.io import read_json
 from dlzoo.models.wavenet import WaveNetModule
-from dlzoo.training.protocol import RUNS
 
 N_DIGITS = 10
 HOLDOUT_KEY = "data.module.holdout_speaker"

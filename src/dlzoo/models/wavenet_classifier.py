@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlzoo.data.fsdd import SAMPLE_RATE
 from dlzoo.errors import ConfigError
 
 
@@ -39,7 +38,7 @@ torch.fx.wrap("log_mel")
 class LogMel(nn.Module):
     """(B, 1, T) waveform -> (B, n_mels, frames) log-mel energies; no trainable parameters."""
 
-    def __init__(self, n_fft: int = 256, hop: int = 64, n_mels: int = 40, sample_rate: int = SAMPLE_RATE):
+    def __init__(self, n_fft: int = 256, hop: int = 64, n_mels: int = 40, sample_rate: int = 8000):
         super().__init__()
         import librosa
 
@@ -66,13 +65,13 @@ class GatedBlock(nn.Module):
 
 
 class WaveNetClassifier(nn.Module):
-    def __init__(self, num_classes: int = 10, n_mels: int = 40, n_fft: int = 256, hop: int = 64, channels: int = 64,
+    def __init__(self, num_classes: int = 10, sample_rate: int = 8000, n_mels: int = 40, n_fft: int = 256, hop: int = 64, channels: int = 64,
                  skip_channels: int = 64, kernel_size: int = 3, layers_per_stack: int = 5, stacks: int = 2,
                  dropout: float = 0.1):
         super().__init__()
         if kernel_size % 2 == 0:
             raise ConfigError(f"model.net.kernel_size must be odd (same padding), got {kernel_size}")
-        self.frontend = LogMel(n_fft, hop, n_mels)
+        self.frontend = LogMel(n_fft, hop, n_mels, sample_rate)
         self.norm = nn.BatchNorm1d(n_mels)
         self.inp = nn.Conv1d(n_mels, channels, 1)
         self.dilations = [2**i for i in range(layers_per_stack)] * stacks

@@ -1,0 +1,216 @@
+"""The Go evaluator (conf/evaluator/go.yaml), called by the generic evaluate stage with the best (gated)
+network: `evaluate(model, None, reports_dir, ...) -> (metrics, files)`.
+
+Every pairing is `games` games with the colours alternated, reported overall and per colour, each rate
+with its 95% Wilson interval (`_ci_low`, `_ci_high`):
+- `test/win_rate_vs_random_net`: the network alone (argmax of the policy, no search) against uniform random;
+- `test/win_rate_vs_random`: the network with `simulations` of PUCT search against uniform random;
+- `test/win_rate_vs_mcts`: the network with search against OpenSpiel's MCTSBot with random rollouts at the
+  same number of simulations per move (the headline);
+- `test/win_rate_last_vs_first`: the final network against the first trained generation (both with search);
+- an Elo ladder over the generations the runner kept (round robin, Bradley-Terry fit, generation 0 = 0 Elo),
+  as a plot and a CSV; sample games as SGF and as board images; the acceptance thresholds of the recipe,
+  each met or not (`accept/*`).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlzoo.errors import ConfigError
+from dlzoo.go.game import load_game
+from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, RolloutMCTSPlayer, SearchPlayer, play_match
+from dlzoo.go.zero import GENERATIONS_CSV, GENERATIONS_DIR
+from dlzoo.io import write_json
+
+
+def wilson(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial rate (sound near 0 and 1, unlike the normal interval)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rates(name: str, games) -> dict:
+    """test/win_rate_<name> with its interval, and the same as Black and as White."""
+    out = {}
+    for suffix, subset in (("", games), ("_as_black", [g for g in games if g.a_black]),
+                           ("_as_white", [g for g in games if not g.a_black])):
+        wins, n = sum(g.a_won for g in subset), len(subset)
+        low, high = wilson(wins, n)
+        key = f"test/win_rate_{name}{suffix}"
+        out.update({key: wins / n if n else float("nan"), f"{key}_ci_low": low, f"{key}_ci_high": high})
+    out[f"test/games_{name}"] = float(len(games))
+    # OpenSpiel ends a game that repeats a whole-board position (positional superko) as a draw, returns (0, 0):
+    # a draw is not a win
+    out[f"test/draw_rate_{name}"] = sum(g.returns[0] == 0 for g in games) / len(games) if games else float("nan")
+    return out
+
+
+def elo_fit(names: list, results: dict, iterations: int = 2000) -> np.ndarray:
+    """Bradley-Terry ratings by gradient ascent on the log-posterior; results[(i, j)] = (wins of i, games).
+    A weak Gaussian prior on each rating (sd 400·√2 ≈ 566 Elo) keeps an unbeaten player finite; player 0 = 0 Elo."""
+    r = np.zeros(len(names))
+    for _ in range(iterations):
+        grad = -r / 400.0 ** 2 * 0.5
+        for (i, j), (w, n) in results.items():
+            p = 1.0 / (1.0 + 10 ** ((r[j] - r[i]) / 400.0))
+            grad[i] += (w - n * p) * math.log(10) / 400.0
+            grad[j] -= (w - n * p) * math.log(10) / 400.0
+        r += 2000.0 * grad / max(1, sum(n for _, n in results.values()) / len(names))
+        r -= r[0]
+    return r
+
+
+def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, supported_sizes, games: int = 200,
+             simulations: int = 64, c_puct: float = 1.5, mcts_uct_c: float = 2.0, mcts_rollouts: int = 1,
+             elo_players: int = 6, elo_games: int = 20, elo_simulations: int = 16, sample_moves: int = 2,
+             sgf_games: int = 4, seed: int = 2_000_000, model_dir: str | None = None, title: str = "",
+             thresholds: dict | None = None) -> tuple[dict, list]:
+    game = load_game(board_size, komi, supported_sizes)
+    if int(model.board_size) != int(board_size):
+        raise ConfigError(f"the checkpoint was trained on a {model.board_size}x{model.board_size} board, this recipe "
+                          f"plays {board_size}x{board_size}: retrain it or pick the recipe of its board")
+    torch.set_num_threads(1)
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    model.eval()
+    metrics, files, seconds = {}, [], {}
+    net = NetEvaluator(model, board_size)
+    search = SearchPlayer(net, simulations, c_puct)
+
+    def timed(name, a, b, n):
+        t0 = time.perf_counter()
+        result = play_match(game, a, b, n, rng)
+        seconds[name] = time.perf_counter() - t0
+        metrics.update(rates(name, result))
+        metrics[f"test/seconds_{name}"] = round(seconds[name], 1)
+        return result
+
+    timed("vs_random_net", NetPlayer(net), RandomPlayer(), games)
+    timed("vs_random", search, RandomPlayer(), games)
+    vs_mcts = timed("vs_mcts", search, RolloutMCTSPlayer(game, simulations, mcts_uct_c, mcts_rollouts, seed), games)
+    metrics["test/simulations"] = float(simulations)
+    metrics["test/net_evals_per_s"] = net.evaluations / max(net.seconds, 1e-9)   # inside the network calls only
+
+    gen_files = sorted((Path(model_dir) / GENERATIONS_DIR).glob("gen_*.pt")) if model_dir else []
+    if len(gen_files) >= 2:
+        first = _load_like(model, gen_files[1])   # the first TRAINED generation (gen 0 is the random init)
+        timed("last_vs_first", SearchPlayer(net, simulations, c_puct, sample_moves),
+              SearchPlayer(NetEvaluator(first, board_size), simulations, c_puct, sample_moves), games)
+        files += _elo_ladder(model, game, board_size, gen_files, elo_players, elo_games, elo_simulations, c_puct,
+                             sample_moves, rng, metrics, reports_dir, title, Path(model_dir) / GENERATIONS_CSV)
+    summary_path = Path(model_dir) / "train_summary.json" if model_dir else None
+    if summary_path and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        for key in ("selfplay_positions_per_s", "net_evals_per_s", "generations", "accepted", "train_seconds"):
+            if key in summary:
+                metrics[f"train/{key}"] = float(summary[key])
+    for key, threshold in (thresholds or {}).items():
+        if f"test/{key}" in metrics:
+            metrics[f"accept/{key}"] = float(metrics[f"test/{key}"] >= threshold)
+
+    files += _sample_games(vs_mcts[: sgf_games], game, board_size, komi, reports_dir, "vs_mcts")
+    files.append(_write_games_csv(reports_dir / "vs_mcts_games.csv", vs_mcts))
+    write_json(reports_dir / "summary.json", metrics)
+    files.append(reports_dir / "summary.json")
+    return metrics, files
+
+
+def _load_like(model, path: Path):
+    import copy
+
+    other = copy.deepcopy(model)
+    other.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return other.eval()
+
+
+def _elo_ladder(model, game, n, gen_files, players, games, sims, c_puct, sample_moves, rng, metrics, reports_dir,
+                title, gen_csv: Path) -> list:
+    """Round robin among up to `players` generations spread evenly from 0 to the last, then a Bradley-Terry fit."""
+    picks = sorted(set(np.linspace(0, len(gen_files) - 1, min(players, len(gen_files))).round().astype(int)))
+    nets = {g: _load_like(model, gen_files[g]) for g in picks}
+    results = {}
+    for i, j in itertools.combinations(range(len(picks)), 2):
+        a = SearchPlayer(NetEvaluator(nets[picks[i]], n), sims, c_puct, sample_moves)
+        b = SearchPlayer(NetEvaluator(nets[picks[j]], n), sims, c_puct, sample_moves)
+        played = play_match(game, a, b, games, rng)
+        results[(i, j)] = (sum(g.a_won for g in played), len(played))
+    elo = elo_fit(picks, results)
+    metrics["test/elo_first"], metrics["test/elo_last"] = float(elo[0]), float(elo[-1])
+    metrics["test/elo_rises"] = float(all(b >= a - 50 for a, b in zip(elo, elo[1:])) and elo[-1] > elo[0])
+    path_csv = reports_dir / "elo.csv"
+    with open(path_csv, "w", newline="") as f:
+        csv.writer(f).writerows([("generation", "elo"), *[(g, round(float(e), 1)) for g, e in zip(picks, elo)]])
+    from dlzoo.plotting import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(picks, elo, "o-")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("Elo (generation 0 = 0)")
+    ax.set_title(f"{title}: Elo ladder ({games} games per pair, {sims} simulations)", fontsize=9)
+    ax.grid(alpha=0.3)
+    return [path_csv, save_figure(fig, reports_dir / "elo.png")]
+
+
+def _sample_games(games, game, n, komi, reports_dir: Path, name: str) -> list:
+    """Each game as SGF (sgfmill) and its final position as an image."""
+    from sgfmill import sgf
+
+    from dlzoo.plotting import plt, save_figure
+
+    files = []
+    for k, g in enumerate(games):
+        record = sgf.Sgf_game(size=n)
+        root = record.get_root()
+        root.set("KM", float(komi))
+        root.set("PB", "alphago-zero" if g.a_black else "openspiel-mcts")
+        root.set("PW", "openspiel-mcts" if g.a_black else "alphago-zero")
+        root.set("RE", "B+" if g.returns[0] > 0 else "W+")
+        state = game.new_initial_state()
+        for action in g.moves:
+            colour = "b" if state.current_player() == 0 else "w"
+            record.extend_main_sequence().set_move(colour, None if action == n * n else divmod(action, n))
+            state.apply_action(action)
+        path = reports_dir / f"{name}_game{k}.sgf"
+        path.write_bytes(record.serialise())
+        files.append(path)
+        planes = np.asarray(state.observation_tensor(0)).reshape(4, n, n)
+        fig, ax = plt.subplots(figsize=(3.2, 3.4))
+        ax.set_facecolor("#dcb35c")
+        for i in range(n):
+            ax.plot([0, n - 1], [i, i], color="black", lw=0.8)
+            ax.plot([i, i], [0, n - 1], color="black", lw=0.8)
+        for (r, c) in zip(*np.nonzero(planes[0])):
+            ax.add_patch(plt.Circle((c, r), 0.42, color="black"))
+        for (r, c) in zip(*np.nonzero(planes[1])):
+            ax.add_patch(plt.Circle((c, r), 0.42, facecolor="white", edgecolor="black"))
+        ax.set_xlim(-0.6, n - 0.4)
+        ax.set_ylim(-0.6, n - 0.4)
+        ax.set_aspect("equal")
+        ax.set_xticks(range(n), "ABCDEFGHJ"[:n])
+        ax.set_yticks(range(n), [str(i + 1) for i in range(n)])
+        winner = "Black" if g.returns[0] > 0 else "White"
+        ax.set_title(f"{root.get('PB')} (B) v {root.get('PW')} (W)\n{winner} wins, {len(g.moves)} moves, komi {komi}", fontsize=7)
+        files.append(save_figure(fig, reports_dir / f"{name}_game{k}.png"))
+    return files
+
+
+def _write_games_csv(path: Path, games) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["game", "net_black", "net_won", "moves", "black_return"])
+        w.writerows((k, int(g.a_black), int(g.a_won), len(g.moves), g.returns[0]) for k, g in enumerate(games))
+    return path

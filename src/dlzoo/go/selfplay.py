@@ -1,0 +1,53 @@
+"""Self-play: the best network plays `num_games` games against itself, all in lock-step, each move chosen by
+PUCT search with Dirichlet noise at the root. Every position gives a training example (planes from the view of
+the player to move, the search policy π = visit counts / their sum, and z = the game's outcome for that
+player); the 8 board symmetries multiply them (dlzoo.go.game.augment)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dlzoo.go.game import augment, encode
+from dlzoo.go.mcts import search
+
+
+def self_play(game, evaluator, board_size: int, num_games: int, simulations: int, rng: np.random.Generator, *,
+              c_puct: float = 1.5, dirichlet_alpha: float = 0.5, noise_fraction: float = 0.25,
+              temperature_moves: int = 6, augment_symmetries: bool = True) -> tuple[dict, dict]:
+    """({"planes", "pi", "z"} arrays, stats). The first `temperature_moves` moves of each game are sampled in
+    proportion to the visits (temperature 1), the later ones are the most visited."""
+    start, evals0 = time.perf_counter(), evaluator.evaluations
+    states = [game.new_initial_state() for _ in range(num_games)]
+    records = [[] for _ in range(num_games)]   # per game: (planes, pi, player to move)
+    while True:
+        live = [i for i, s in enumerate(states) if not s.is_terminal()]
+        if not live:
+            break
+        visits = search([states[i] for i in live], evaluator, simulations, c_puct, dirichlet_alpha, noise_fraction, rng)
+        for i, n in zip(live, visits):
+            s = states[i]
+            pi = n / n.sum()
+            records[i].append((encode(s, board_size), pi, s.current_player()))
+            action = rng.choice(len(pi), p=pi) if s.move_number() < temperature_moves else int(np.argmax(n))
+            s.apply_action(int(action))
+    planes, pis, zs = [], [], []
+    black_wins = 0
+    for s, rec in zip(states, records):
+        returns = s.returns()
+        black_wins += returns[0] > 0
+        for p, pi, player in rec:
+            planes.append(p)
+            pis.append(pi)
+            zs.append(returns[player])
+    planes, pis, zs = np.stack(planes), np.stack(pis).astype(np.float32), np.asarray(zs, dtype=np.float32)
+    positions = len(zs)
+    if augment_symmetries:
+        planes, pis = augment(planes, pis, board_size)
+        zs = np.tile(zs, 8)
+    seconds = time.perf_counter() - start
+    stats = {"positions": positions, "games": num_games, "seconds": seconds,
+             "positions_per_s": positions / seconds, "evals_per_s": (evaluator.evaluations - evals0) / seconds,
+             "black_win_rate": black_wins / num_games, "mean_length": positions / num_games}
+    return {"planes": planes, "pi": pis, "z": zs}, stats

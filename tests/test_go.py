@@ -1,0 +1,198 @@
+"""AlphaGo Zero on 5x5 Go (dlzoo/go/): the search finds a one-move win and the one move that saves a lost
+game, the symmetry augmentation keeps each policy target on its board, a smoke self-play -> train -> arena
+loop runs through the pipeline's own train and evaluate entry points, and bad input (a board size the recipe
+does not support, a checkpoint of another board) stops with a one-line error and leaves no MLflow run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import mlflow_runs, run_entry
+from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
+from dlzoo.go.evaluate import elo_fit, wilson
+from dlzoo.go.game import augment, encode, load_game, transform_board, transform_policy
+from dlzoo.go.mcts import search, uniform_evaluator
+from dlzoo.go.net import ZeroNet
+
+N = 5
+PASS = N * N
+# Positions found by random play and pinned by brute force below. max_game_length ends (and scores) the game,
+# so a move's worth is exact: the last move of a 14-move game, and the last-but-one.
+WIN_LINE = [2, 1, 6, 11, 8, 5, 10, 20, 12, 23, 16, 4, 24]     # White to play the 14th and last move
+SAVE_LINE = [10, 0, 18, 13, 22, 11, 7, 2, 12, 17, 20, 21]     # Black to play the 13th; White then the last
+
+
+def _position(line, length=14):
+    game = load_game(N, 0.5, max_game_length=length)
+    state = game.new_initial_state()
+    for action in line:
+        state.apply_action(action)
+    return state
+
+
+def _after(state, action):
+    child = state.clone()
+    child.apply_action(action)
+    return child
+
+
+def _winning_moves(state):
+    me = state.current_player()
+    return {a for a in state.legal_actions() if _after(state, a).returns()[me] > 0}
+
+
+def _saving_moves(state):
+    """Moves after which the opponent has no winning last move."""
+    return {a for a in state.legal_actions() if not _winning_moves(_after(state, a))}
+
+
+def test_mcts_plays_the_one_winning_move():
+    state = _position(WIN_LINE)
+    assert _winning_moves(state) == {19} and len(state.legal_actions()) == 11   # one winner among 11 legal moves
+    visits = search([state], uniform_evaluator(PASS + 1), 200)[0]
+    assert int(np.argmax(visits)) == 19
+
+
+def test_mcts_plays_the_one_saving_move():
+    state = _position(SAVE_LINE)
+    assert _saving_moves(state) == {16}
+    assert _winning_moves(_after(state, PASS))   # the threat is real: passing loses
+    visits = search([state], uniform_evaluator(PASS + 1), 2000)[0]
+    assert int(np.argmax(visits)) == 16
+
+
+def test_lock_step_search_keeps_games_apart():
+    """Two positions searched in one batch give each its own answer."""
+    win, save = _position(WIN_LINE), _position(SAVE_LINE)
+    visits = search([win, save], uniform_evaluator(PASS + 1), 2000)
+    assert [int(np.argmax(v)) for v in visits] == [19, 16]
+
+
+def test_symmetries_keep_policy_targets_on_their_boards():
+    rng = np.random.default_rng(0)
+    state = _position(SAVE_LINE)
+    planes = encode(state, N)[None]
+    pi = rng.random((1, PASS + 1)).astype(np.float32)
+    boards, targets = augment(planes, pi, N)
+    assert boards.shape == (8, 4, N, N) and targets.shape == (8, PASS + 1)
+    assert len({b.tobytes() for b in boards}) == 8   # this position has no symmetry of its own: 8 different boards
+    for k in range(8):
+        # the probability on a point travels with the stone that sits there: own stones carry the same mass
+        own = boards[k, 0].reshape(-1) > 0
+        assert np.isclose(targets[k, :PASS][own].sum(), pi[0, :PASS][planes[0, 0].reshape(-1) > 0].sum())
+        # each point's target is where the board transform moved that point
+        for point in range(PASS):
+            marker = np.zeros((N, N))
+            marker.flat[point] = 1
+            moved = int(np.argmax(transform_board(marker, k)))
+            assert targets[k, moved] == pi[0, point]
+        assert targets[k, PASS] == pi[0, PASS]   # the pass never moves
+    # a symmetric image of a legal move is legal in the symmetric image of the position
+    legal = np.asarray(state.legal_actions_mask(), dtype=np.float32)[: PASS + 1]
+    empty = planes[0, 0] + planes[0, 1] == 0
+    for k in range(8):
+        assert np.array_equal(transform_policy(legal[None], k, N)[0, :PASS].reshape(N, N) > 0,
+                              transform_board(empty, k) & (transform_policy(legal[None], k, N)[0, :PASS].reshape(N, N) > 0))
+
+
+def test_wilson_interval_and_elo_fit():
+    low, high = wilson(100, 200)
+    assert low < 0.5 < high and np.isclose(high - 0.5, 0.5 - low)
+    assert wilson(200, 200)[1] == 1.0 and wilson(200, 200)[0] > 0.98
+    ratings = elo_fit([0, 1, 2], {(0, 1): (2, 20), (0, 2): (1, 20), (1, 2): (5, 20)})
+    assert ratings[0] == 0 and 0 < ratings[1] < ratings[2]
+
+
+def test_net_fits_any_board_and_remembers_its_own():
+    net = ZeroNet(5, channels=8, blocks=1)
+    logits, value = net(torch.zeros(3, 4, 9, 9))
+    assert logits.shape == (3, 82) and value.shape == (3,) and net.board_size == 5
+
+
+SMOKE = ["experiment=go-5x5-alphago-zero", "profile=smoke", "tracking.log_model=false"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A smoke self-play -> train -> arena loop and its evaluation, through the pipeline's entry points."""
+    cwd = tmp_path_factory.mktemp("go")
+    train = run_entry("train", *SMOKE, cwd=cwd, timeout=300)
+    evaluate = run_entry("evaluate", *SMOKE, cwd=cwd, timeout=300)
+    return cwd, train, evaluate
+
+
+def test_smoke_self_play_train_arena_loop(smoke_run):
+    cwd, train, evaluate = smoke_run
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    model_dir = cwd / "artifacts/models/go-5x5-alphago-zero"
+    summary = json.loads((model_dir / "train_summary.json").read_text())
+    assert summary["generations"] == 2 and summary["selfplay_positions"] > 0 and summary["net_evals_per_s"] > 0
+    assert sorted(p.name for p in (model_dir / "generations").glob("*.pt")) == ["gen_000.pt", "gen_001.pt", "gen_002.pt"]
+    checkpoint = torch.load(model_dir / "best.ckpt", weights_only=True)
+    assert checkpoint["generation"] == summary["best_generation"] and checkpoint["board_size"] == 5
+    curve = (cwd / "plots/go-5x5/alphago-zero/learning_curve.csv").read_text().splitlines()
+    assert len(curve) == 3 and "val/arena_win_rate" in curve[0]
+    metrics = json.loads((cwd / "metrics/go-5x5/alphago-zero.json").read_text())
+    for name in ("vs_random", "vs_random_net", "vs_mcts", "last_vs_first"):
+        for colour in ("", "_as_black", "_as_white"):
+            key = f"test/win_rate_{name}{colour}"
+            assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"]
+        assert metrics[f"test/games_{name}"] == 4
+    assert "test/elo_last" in metrics and "accept/win_rate_vs_mcts" in metrics
+    reports = cwd / "artifacts/reports/go-5x5-alphago-zero"
+    assert (reports / "elo.png").is_file() and (reports / "vs_mcts_game0.png").is_file()
+    from sgfmill import sgf
+
+    record = sgf.Sgf_game.from_bytes((reports / "vs_mcts_game0.sgf").read_bytes())
+    assert record.get_size() == 5 and len(record.get_main_sequence()) > 1
+    runs = mlflow_runs(cwd / "mlflow.db")
+    assert {(r["experiment"], r["name"], r["status"]) for r in runs} == {("go-5x5", "alphago-zero", "FINISHED")}
+
+
+def _cfg(*overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*SMOKE, *overrides])
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def test_unsupported_board_size_is_one_line_and_leaves_no_run(workdir):
+    """In process (the entry point prints a DlzooError as `error: <message>`, exit code 2: tests/test_bad_input.py)."""
+    from dlzoo.errors import ConfigError
+    from dlzoo.training.train import train
+
+    with pytest.raises(ConfigError) as info:
+        train(_cfg("game.board_size=7"))
+    assert str(info.value) == "board size 7 is not supported by this recipe (game.supported_sizes: 5, 9)"
+    assert not (workdir / "mlflow.db").exists() or mlflow_runs(workdir / "mlflow.db") == []
+    assert not (workdir / "artifacts").exists()
+
+
+def test_checkpoint_of_another_board_is_one_line(smoke_run, monkeypatch, tmp_path):
+    from dlzoo.errors import ConfigError
+    from dlzoo.evaluation.evaluate import evaluate
+
+    cwd, train, _ = smoke_run
+    assert train.returncode == 0
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    other = tmp_path / "nine.ckpt"
+    net = ZeroNet(9, channels=8, blocks=1)   # the smoke model's shape, trained on 9x9
+    torch.save({"state_dict": net.state_dict(), CHECKPOINT_KEY: stamp("go-5x5", "alphago-zero", "go-5x5-alphago-zero")}, other)
+    runs_before = len(mlflow_runs(cwd / "mlflow.db"))
+    with pytest.raises(ConfigError) as info:
+        evaluate(_cfg(f"checkpoint_path={other}"))
+    assert str(info.value).startswith("the checkpoint was trained on a 9x9 board, this recipe plays 5x5")
+    assert "\n" not in str(info.value)
+    assert len(mlflow_runs(cwd / "mlflow.db")) == runs_before
