@@ -39,16 +39,20 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+def compose_config(*overrides: str):
+    """The project's config composed with `overrides`, Hydra left cleared (usable outside fixtures)."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def make_cfg():
     """make_cfg('experiment=binary-addition-rnn', 'profile=smoke') -> composed DictConfig."""
-
-    def _make(*overrides: str):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-
-    yield _make
+    yield compose_config
     GlobalHydra.instance().clear()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import mlflow_runs, run_entry
+from conftest import compose_config, mlflow_runs, run_entry
 from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
 from dlzoo.go.evaluate import elo_fit, wilson
 from dlzoo.go.game import augment, encode, load_game, transform_board, transform_policy
@@ -155,16 +155,7 @@ def test_smoke_self_play_train_arena_loop(smoke_run):
 
 
 def _cfg(*overrides):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from conftest import CONF
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*SMOKE, *overrides])
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_config(*SMOKE, *overrides)
 
 
 def test_unsupported_board_size_is_one_line_and_leaves_no_run(workdir):

@@ -28,6 +28,7 @@ import torch
 from dlzoo.errors import ConfigError
 from dlzoo.go.game import load_game
 from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, RolloutMCTSPlayer, SearchPlayer, play_match
+from dlzoo.go.records import sample_games
 from dlzoo.go.zero import GENERATIONS_CSV, GENERATIONS_DIR
 from dlzoo.io import write_json
 
@@ -122,7 +123,7 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
         if f"test/{key}" in metrics:
             metrics[f"accept/{key}"] = float(metrics[f"test/{key}"] >= threshold)
 
-    files += _sample_games(vs_mcts[: sgf_games], game, board_size, komi, reports_dir, "vs_mcts")
+    files += sample_games(vs_mcts[: sgf_games], game, board_size, komi, reports_dir, "vs_mcts", "alphago-zero", "openspiel-mcts")
     files.append(_write_games_csv(reports_dir / "vs_mcts_games.csv", vs_mcts))
     write_json(reports_dir / "summary.json", metrics)
     files.append(reports_dir / "summary.json")
@@ -163,49 +164,6 @@ def _elo_ladder(model, game, n, gen_files, players, games, sims, c_puct, sample_
     ax.set_title(f"{title}: Elo ladder ({games} games per pair, {sims} simulations)", fontsize=9)
     ax.grid(alpha=0.3)
     return [path_csv, save_figure(fig, reports_dir / "elo.png")]
-
-
-def _sample_games(games, game, n, komi, reports_dir: Path, name: str) -> list:
-    """Each game as SGF (sgfmill) and its final position as an image."""
-    from sgfmill import sgf
-
-    from dlzoo.plotting import plt, save_figure
-
-    files = []
-    for k, g in enumerate(games):
-        record = sgf.Sgf_game(size=n)
-        root = record.get_root()
-        root.set("KM", float(komi))
-        root.set("PB", "alphago-zero" if g.a_black else "openspiel-mcts")
-        root.set("PW", "openspiel-mcts" if g.a_black else "alphago-zero")
-        root.set("RE", "B+" if g.returns[0] > 0 else "W+")
-        state = game.new_initial_state()
-        for action in g.moves:
-            colour = "b" if state.current_player() == 0 else "w"
-            record.extend_main_sequence().set_move(colour, None if action == n * n else divmod(action, n))
-            state.apply_action(action)
-        path = reports_dir / f"{name}_game{k}.sgf"
-        path.write_bytes(record.serialise())
-        files.append(path)
-        planes = np.asarray(state.observation_tensor(0)).reshape(4, n, n)
-        fig, ax = plt.subplots(figsize=(3.2, 3.4))
-        ax.set_facecolor("#dcb35c")
-        for i in range(n):
-            ax.plot([0, n - 1], [i, i], color="black", lw=0.8)
-            ax.plot([i, i], [0, n - 1], color="black", lw=0.8)
-        for (r, c) in zip(*np.nonzero(planes[0])):
-            ax.add_patch(plt.Circle((c, r), 0.42, color="black"))
-        for (r, c) in zip(*np.nonzero(planes[1])):
-            ax.add_patch(plt.Circle((c, r), 0.42, facecolor="white", edgecolor="black"))
-        ax.set_xlim(-0.6, n - 0.4)
-        ax.set_ylim(-0.6, n - 0.4)
-        ax.set_aspect("equal")
-        ax.set_xticks(range(n), "ABCDEFGHJ"[:n])
-        ax.set_yticks(range(n), [str(i + 1) for i in range(n)])
-        winner = "Black" if g.returns[0] > 0 else "White"
-        ax.set_title(f"{root.get('PB')} (B) v {root.get('PW')} (W)\n{winner} wins, {len(g.moves)} moves, komi {komi}", fontsize=7)
-        files.append(save_figure(fig, reports_dir / f"{name}_game{k}.png"))
-    return files
 
 
 def _write_games_csv(path: Path, games) -> Path:
