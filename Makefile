@@ -9,25 +9,31 @@ BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 5000
+WORKERS ?= 4
 # make repro PROFILE=smoke: the whole pipeline at smoke size (a DVC experiment with profile=smoke)
 PROFILE ?=
 # make repro TARGETS=evaluate_digits-cnn: only those stages and what they depend on (dvc repro's targets)
 TARGETS ?=
+# The trainer param (params.yaml, cpu by default) is passed to every train stage on its command line, where
+# it would override the full profile's own `trainer: gpu`: so PROFILE=full sets TRAINER=gpu unless given.
+TRAINER ?= $(if $(filter full,$(PROFILE)),gpu,)
 # Every stage command calls `python`: with the venv first on PATH it is the venv's, activated or not;
 # PYTHONPATH makes it import this tree's src/ whichever checkout the venv was installed from.
 RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" PYTHONPATH="$(CURDIR)/src"
 
-.PHONY: help venv data repro stages results test test-e2e test-slow ui clean
+.PHONY: help venv data repro stages results test test-e2e test-slow ui server clean
 help:
 	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; see README: Timings)"
 	@echo "make repro PROFILE=smoke the same pipeline at smoke size (minutes): try this first"
 	@echo "make repro TARGETS=...  only those stages and their upstream, e.g. TARGETS=evaluate_digits-cnn"
+	@echo "make repro PROFILE=full  the GPU recipes (TRAINER=gpu unless TRAINER=ddp|fsdp is given)"
 	@echo "make test               bootstrap, then run the default test suite (pytest: not slow, not e2e)"
 	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy (~25 min)"
 	@echo "make test-slow          every test, slow and e2e included"
 	@echo "make stages             regenerate dvc.yaml from conf/experiment/ (python -m dlzoo.stages)"
 	@echo "make results            regenerate the README's results tables from metrics/"
 	@echo "make ui                 MLflow UI for mlflow.db on http://$(HOST):$(PORT)"
+	@echo "make server HOST=0.0.0.0 a tracking server for cluster nodes (MLFLOW_TRACKING_URI=http://<this host>:$(PORT))"
 
 venv: $(STAMP)
 $(STAMP):
@@ -46,7 +52,7 @@ repro: data
 ifeq ($(PROFILE),)
 	$(RUN) dvc repro $(TARGETS)
 else
-	$(RUN) dvc exp run --set-param profile=$(PROFILE) $(TARGETS)
+	$(RUN) dvc exp run --set-param profile=$(PROFILE) $(if $(TRAINER),--set-param trainer=$(TRAINER)) $(TARGETS)
 endif
 
 stages: $(STAMP)
@@ -66,6 +72,13 @@ test-slow: data
 
 ui: $(STAMP)
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(HOST) --port $(PORT)
+
+# The tracking server cluster nodes log to: the same mlflow.db, artifacts uploaded through the server into
+# mlartifacts/ (nodes need no shared disk). On the nodes: MLFLOW_TRACKING_URI=http://<host>:$(PORT) and
+# tracking.artifact_root=null, so new experiments take the server's artifact store.
+server: $(STAMP)
+	$(RUN) mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --artifacts-destination $(CURDIR)/mlartifacts \
+		--host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -76,3 +76,21 @@ def test_precision_auto_follows_the_cpu(make_cfg, monkeypatch, native, expected)
     trainer = build_trainer(make_cfg("experiment=segmentation-shapes-unet", "profile=smoke").trainer, logger=False)
     assert str(trainer.precision) == expected
     assert resolve_precision("32-true", "cpu") == "32-true"  # an explicit choice is kept as given
+
+
+def test_make_repro_profile_full_trains_on_the_gpu_trainer():
+    """params.yaml's `trainer: cpu` reaches every train stage's command line, where it beats the full profile's
+    own `trainer: gpu`; `make repro PROFILE=full` therefore sets the trainer param too (TRAINER= overrides)."""
+    import subprocess
+
+    from conftest import REPO, compose_config
+
+    def dry(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "repro", *args], cwd=REPO, capture_output=True, text=True, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    assert "--set-param profile=full --set-param trainer=gpu" in dry("PROFILE=full")
+    assert "--set-param trainer=fsdp" in dry("PROFILE=full", "TRAINER=fsdp")
+    assert "trainer=" not in dry("PROFILE=smoke")
+    assert compose_config("experiment=digits-cnn", "profile=full", "trainer=cpu").trainer.accelerator == "cpu"
+    assert compose_config("experiment=digits-cnn", "profile=full", "trainer=gpu").trainer.accelerator == "gpu"
