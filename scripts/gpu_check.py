@@ -8,9 +8,9 @@ short epoch (`trainer.limit_*_batches`), in its own scratch folder with its own 
 the `gpu` trainer in float32 and bf16-mixed, `ddp` and `fsdp` (on one GPU: the strategy's code path, not
 its scaling), and the `full` profile's recipes. Results: one JSON line per check and DIR/gpu_check.json.
 
-Dry mode composes and resolves each check's config, builds its model and DataModule and checks that the
-strategy and precision are ones this Lightning accepts, so a renamed key or class fails here on CPU instead
-of in a GPU session.
+Dry mode composes and resolves each check's config, checks that the strategy and precision are ones this
+Lightning accepts and that the model's and DataModule's classes take the config's arguments, so a renamed
+key or class fails here on CPU instead of in a GPU session (without prepared data, as on a fresh clone).
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ def compose(overrides: list[str]):
 
 
 def dry_check(name: str, overrides: list[str]) -> dict:
-    """Everything short of running: the config resolves, the model and DataModule build, the strategy exists."""
-    from hydra.utils import get_class, instantiate
+    """Everything short of running, and without prepared data: the config resolves, the strategy and precision
+    exist, and the model's and DataModule's classes import and accept the config's arguments by name."""
+    import inspect
+
+    from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     from dlzoo.hardware import resolve_precision
@@ -72,13 +75,18 @@ def dry_check(name: str, overrides: list[str]) -> dict:
     from lightning.fabric.connector import _PRECISION_INPUT_STR
 
     assert precision in _PRECISION_INPUT_STR.__args__, f"{name}: precision {precision!r} unknown to Lightning"
-    built = []
-    if "model" in cfg and "_target_" in cfg.model:
-        built.append(type(instantiate(cfg.model)).__name__)
-    if "data" in cfg and "module" in cfg.data:
-        built.append(type(instantiate(cfg.data.module)).__name__)
+    checked = []
+    for key in ("model", "data.module"):
+        node = OmegaConf.select(cfg, key)
+        if node is None or "_target_" not in node:
+            continue
+        cls = get_class(node._target_)
+        kwargs = {k: v for k, v in node.items() if not k.startswith("_")}
+        # a renamed or misspelt argument fails here (the classes need prepared data to be built for real)
+        inspect.signature(cls).bind_partial(**kwargs)
+        checked.append(cls.__name__)
     return {"check": name, "dry": True, "accelerator": trainer.accelerator, "precision": precision,
-            "devices": trainer.devices, "built": built}
+            "devices": trainer.devices, "built": checked}
 
 
 def run_check(name: str, overrides: list[str], out: Path, timeout: float) -> dict:

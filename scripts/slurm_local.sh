@@ -9,6 +9,7 @@
 # Accounting goes through slurmdbd into MariaDB, as on a real cluster: `sacct` (which submitit polls for a
 # job's state) reads nothing without it.
 set -euo pipefail
+PATH="$PATH:/usr/sbin:/sbin"   # the daemons live in sbin, which a plain user's (or CI's) PATH may lack
 cmd=${1:-}
 dir=$(realpath -m "${2:-/tmp/dlzoo-slurm}")
 

@@ -48,7 +48,8 @@ def prepared(tmp_path_factory):
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """A one-node SLURM cluster started by the project's script; every daemon it started is stopped after."""
-    if not all(shutil.which(exe) for exe in ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd")):
+    sbin = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # where Debian puts the daemons
+    if not all(shutil.which(exe, path=sbin) for exe in ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd")):
         if os.environ.get("DLZOO_REQUIRE_SLURM") == "1":
             pytest.fail("DLZOO_REQUIRE_SLURM=1 but SLURM is not installed (scripts/slurm_local.sh install)")
         pytest.skip("SLURM not installed: scripts/slurm_local.sh install (root) enables these tests")

@@ -87,7 +87,7 @@ def test_make_repro_profile_full_trains_on_the_gpu_trainer():
 
     def dry(*args: str) -> str:
         out = subprocess.run(["make", "-n", "repro", *args], cwd=REPO, capture_output=True, text=True, check=True)
-        return out.stdout.strip().splitlines()[-1]
+        return next(line for line in out.stdout.splitlines() if " dvc exp run " in line or " dvc repro" in line)
 
     assert "--set-param profile=full --set-param trainer=gpu" in dry("PROFILE=full")
     assert "--set-param trainer=fsdp" in dry("PROFILE=full", "TRAINER=fsdp")
