@@ -187,3 +187,29 @@ def test_checkpoint_of_another_board_is_one_line(smoke_run, monkeypatch, tmp_pat
     assert str(info.value).startswith("the checkpoint was trained on a 9x9 board, this recipe plays 5x5")
     assert "\n" not in str(info.value)
     assert len(mlflow_runs(cwd / "mlflow.db")) == runs_before
+
+
+def test_distillation_through_the_compress_stage_plays_its_parent(smoke_run):
+    """`compress=go-distill`: a smaller ZeroNet, measured by the Go evaluator, including the arena against the
+    uncompressed network at equal simulations; the parent's own row plays that arena against itself."""
+    cwd, train, _ = smoke_run
+    assert train.returncode == 0
+    proc = run_entry("compress", *SMOKE, "compress=go-distill", cwd=cwd, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((cwd / "metrics/go-5x5/alphago-zero-go-distill.json").read_text())
+    assert 0 < metrics["student_fraction"] <= 0.5 and metrics["student_params"] < metrics["teacher_params"]
+    assert metrics["distill_rounds"] == 2 and metrics["distill_positions"] > 0
+    for prefix in ("", "parent/"):
+        key = f"{prefix}test/win_rate_vs_parent"
+        assert metrics[f"{prefix}test/games_vs_parent"] == 4
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"]
+        assert f"{prefix}test/win_rate_vs_mcts" in metrics
+    # the student's numbers are its own: no teacher generations, Elo or training figures
+    assert not any(k.startswith(("test/elo", "train/", "test/win_rate_last_vs_first")) for k in metrics)
+    runs = [r for r in mlflow_runs(cwd / "mlflow.db") if r["tags"].get("stage") == "compress"]
+    assert [r["name"] for r in runs] == ["alphago-zero-go-distill"] and runs[0]["status"] == "FINISHED"
+    student = ZeroNet(5, channels=4, blocks=1, value_hidden=8)
+    from dlzoo.go.evaluate import load_zero_net
+
+    parent = load_zero_net(cwd / "artifacts/models/go-5x5-alphago-zero/best.ckpt")
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in parent.parameters())

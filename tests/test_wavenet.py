@@ -193,3 +193,56 @@ def test_smoke_fit_and_evaluate(workdir, make_cfg):
     runs = {r["tags"]["stage"]: r for r in mlflow_runs(workdir / "mlflow.db")}
     assert runs["train"]["metrics"]["receptive_field"] == on_disk["receptive_field"]
     assert runs["evaluate"]["metrics"]["test/nll_bits"] == pytest.approx(on_disk["test/nll_bits"])
+
+    # The recipe's compression, measured by this evaluator (shortened generation, same test NLL)
+    from dlzoo.compression.compress import compress
+
+    for method in cfg.compression.methods:
+        compressed = compress(compose_compress(method, f"data.prepare.raw_dir={raw}"))
+        assert compressed["test/num_recordings"] == 50 and not any(k.startswith("gen/") for k in compressed)
+        assert compressed["parent/test/nll_bits"] == pytest.approx(on_disk["test/nll_bits"])
+        assert compressed["size_mb"] < compressed["parent/size_mb"] or method != "wavenet-int8"
+        assert compressed["num_params"] == compressed["parent/num_params"]
+    assert 0.49 < compressed["sparsity"] < 0.51  # wavenet-prune, the last of the two
+
+
+def compose_compress(method: str, *more: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from dlzoo.compression.compress import for_profile
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(config_name="compression", overrides=["experiment=speech-fsdd-generation-wavenet", "profile=smoke",
+                                                                 f"compress={method}", *more])
+    finally:
+        GlobalHydra.instance().clear()
+    return for_profile(cfg)
+
+
+def test_weight_only_int8_keeps_layers_and_generation():
+    """Every conv/linear/embedding weight becomes int8 codes + a per-channel scale, the layers keep their classes'
+    behaviour (cached generation still equals naive), the file shrinks, the parameter count does not."""
+    from dlzoo.compression.measure import size_metrics
+    from dlzoo.compression.weight_int8 import Int8WeightConv1d, quantize_weight, to_int8_weights
+
+    net, ref = small_net(), small_net()
+    n_layers = sum(isinstance(m, (torch.nn.Conv1d, torch.nn.Linear, torch.nn.Embedding)) for m in net.modules())
+    assert to_int8_weights(net) == n_layers
+    assert isinstance(net.layers[0].conv, Int8WeightConv1d) and net.layers[0].conv.weight_int8.dtype == torch.int8
+    for (name, a), b in zip(net.named_modules(), ref.modules()):
+        if hasattr(a, "weight_scale"):   # rounding error at most half a step of each channel's scale
+            assert ((a.weight - b.weight).abs() <= a.weight_scale / 2 + 1e-7).all(), name
+    before, after = size_metrics(ref), size_metrics(net)
+    # smaller, though not 4x for a net this tiny: per-channel scales, biases and the file's header weigh in
+    assert after["size_mb"] < before["size_mb"] and after["num_params"] == before["num_params"]
+    x = torch.cat([torch.tensor([[3, 1]]), torch.randint(0, 256, (1, 40))], dim=1)
+    assert (net(x) - ref(x)).abs().max() < 0.1
+    u = torch.rand(1, 30, generator=torch.Generator().manual_seed(0))
+    fast, fast_logits = net.generate(x[:, 0], x[:, 1], u, SILENCE)
+    naive, naive_logits = net.generate(x[:, 0], x[:, 1], u, SILENCE, naive=True)
+    assert torch.equal(fast, naive) and (fast_logits - naive_logits).abs().max() < 1e-4
+    codes, scale = quantize_weight(torch.tensor([[1.0, -0.5], [0.0, 0.0]]))
+    assert codes.tolist() == [[127, -64], [0, 0]] and scale[1].item() > 0  # an all-zero channel stays zero

@@ -27,6 +27,7 @@ import torch
 
 from dlzoo.errors import ConfigError
 from dlzoo.go.game import load_game
+from dlzoo.go.net import ZeroNet
 from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, RolloutMCTSPlayer, SearchPlayer, play_match
 from dlzoo.go.records import sample_games
 from dlzoo.go.zero import GENERATIONS_CSV, GENERATIONS_DIR
@@ -78,7 +79,7 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
              simulations: int = 64, c_puct: float = 1.5, mcts_uct_c: float = 2.0, mcts_rollouts: int = 1,
              elo_players: int = 6, elo_games: int = 20, elo_simulations: int = 16, sample_moves: int = 2,
              sgf_games: int = 4, seed: int = 2_000_000, model_dir: str | None = None, title: str = "",
-             thresholds: dict | None = None) -> tuple[dict, list]:
+             thresholds: dict | None = None, parent_dir: str | None = None, parent_games: int = 0) -> tuple[dict, list]:
     game = load_game(board_size, komi, supported_sizes)
     if int(model.board_size) != int(board_size):
         raise ConfigError(f"the checkpoint was trained on a {model.board_size}x{model.board_size} board, this recipe "
@@ -105,6 +106,12 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
     vs_mcts = timed("vs_mcts", search, RolloutMCTSPlayer(game, simulations, mcts_uct_c, mcts_rollouts, seed), games)
     metrics["test/simulations"] = float(simulations)
     metrics["test/net_evals_per_s"] = net.evaluations / max(net.seconds, 1e-9)   # inside the network calls only
+    if parent_games > 0:
+        # The compress stage's arena: this network against the uncompressed one (parent_dir's checkpoint) at equal
+        # simulations; the parent measured against itself is the arena's own check (about 0.5).
+        parent = NetEvaluator(load_zero_net(Path(parent_dir) / "best.ckpt"), board_size)
+        timed("vs_parent", SearchPlayer(net, simulations, c_puct, sample_moves),
+              SearchPlayer(parent, simulations, c_puct, sample_moves), parent_games)
 
     gen_files = sorted((Path(model_dir) / GENERATIONS_DIR).glob("gen_*.pt")) if model_dir else []
     if len(gen_files) >= 2:
@@ -128,6 +135,18 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
     write_json(reports_dir / "summary.json", metrics)
     files.append(reports_dir / "summary.json")
     return metrics, files
+
+
+def load_zero_net(path: Path) -> ZeroNet:
+    """A ZeroNet of whatever width and depth the checkpoint's weights have (a parent seen from its student)."""
+    if not path.is_file():
+        raise ConfigError(f"no parent checkpoint at {path}: run the family's train stage first")
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    blocks = len({k.split(".")[1] for k in state if k.startswith("tower.")})
+    net = ZeroNet(int(state["trained_board_size"]), channels=state["stem.0.weight"].shape[0], blocks=blocks,
+                  value_hidden=state["value_fc.0.weight"].shape[0])
+    net.load_state_dict(state)
+    return net.eval()
 
 
 def _load_like(model, path: Path):
