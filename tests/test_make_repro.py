@@ -118,6 +118,19 @@ def test_each_stage_imports_only_its_deps(fresh):
         assert not missing, f"{record['stage']} imported {sorted(missing)}, which are not among its deps"
 
 
+def test_compression_tradeoffs_render_as_dvc_plots(fresh):
+    """Each task's compression table is a top-level plot of dvc.yaml: `dvc plots show` draws it from the CSV
+    its compress-report stage wrote (the parent and every compressed variant), so `dvc plots diff` compares it."""
+    dst, _, _ = fresh
+    ids = [next(iter(plot)) for plot in yaml.safe_load((dst / "dvc.yaml").read_text())["plots"]]
+    shown = json.loads(dvc("plots", "show", "--json", *ids, cwd=dst).stdout)["data"]
+    for plot_id in ids:
+        (rendered,) = shown[plot_id]
+        rows = rendered["content"]["data"]["values"]
+        y = rendered["content"]["encoding"]["y"]["field"]
+        assert len(rows) >= 2 and all(r["size_mb"] and y in r for r in rows), plot_id
+
+
 def test_smoke_models_learn(fresh):
     """Eight optimiser steps cannot make a classifier good, but they must make it learn: thresholds are each
     task's chance level or its own starting point, fixed by the task, not by a measured value."""

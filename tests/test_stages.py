@@ -116,3 +116,15 @@ def test_readme_results_are_the_metrics_files():
     from dlzoo import results
 
     assert results.update(REPO / "README.md", check=True), "README results are stale: run `make results`"
+
+
+def test_every_compression_report_is_a_dvc_plot(generated):
+    """dvc.yaml's top-level plots: one size-against-headline scatter per compress-report stage, on its table."""
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    reports = {name.split("_", 1)[1]: stage for name, stage in generated.items() if name.startswith("compress-report_")}
+    assert {next(iter(p)).removeprefix("compression/") for p in plots} == set(reports)
+    for plot in plots:
+        (plot_id, spec), = plot.items()
+        (table, metric), = spec["y"].items()
+        assert table == f"{reports[plot_id.removeprefix('compression/')]['outs'][0]}/compression.csv"
+        assert spec["x"] == "size_mb" and metric.startswith("test/")

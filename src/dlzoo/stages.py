@@ -284,8 +284,27 @@ def build_stages() -> dict:
     return stages
 
 
+def compression_plots(stages: dict) -> list[dict]:
+    """Top-level `plots` (not a stage's, so no stage's hash moves): each task's compression trade-off, size
+    against the headline metric, from the table its compress-report stage writes; `dvc plots show` draws it
+    and `dvc plots diff` compares it between experiments and commits."""
+    plots, composer = [], None
+    for name, stage in stages.items():
+        if not name.startswith(f"compress-report{SEP}"):
+            continue
+        composer = composer or Composer()
+        experiment = stage["cmd"].split("experiment=", 1)[1].split()[0]
+        rcfg, _ = composer.compose("compress_report", [f"experiment={experiment}"])
+        table = f"{stage['outs'][0]}/compression.csv"
+        plots.append({f"compression/{rcfg.task}": {
+            "template": "scatter", "x": "size_mb", "y": {table: rcfg.report.metric},
+            "title": f"{rcfg.task}: compressed variants, file size (MB) against {rcfg.report.metric}"}})
+    return plots
+
+
 def render(stages: dict) -> str:
-    return HEADER + yaml.safe_dump({"vars": ["params.yaml"], "stages": stages}, sort_keys=False, width=200)
+    return HEADER + yaml.safe_dump({"vars": ["params.yaml"], "stages": stages, "plots": compression_plots(stages)},
+                                   sort_keys=False, width=200)
 
 
 def main(argv: list[str] | None = None) -> int:
