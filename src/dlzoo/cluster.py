@@ -68,11 +68,13 @@ class TrackingStoreReady(Callback):
         for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
             if override.key_or_group == "experiment":
                 experiments = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        uri = resolve_tracking_uri(config.tracking.uri)
+        # The store and artifact root as this command line sets them (e.g. tracking.artifact_root=null for a
+        # server); each swept experiment is composed only for its task name.
+        uri, artifact_root = resolve_tracking_uri(config.tracking.uri), config.tracking.artifact_root
         for experiment in experiments:
             job_cfg = config if experiment is None else compose(config.hydra.job.config_name, overrides=[f"experiment={experiment}"])
             if OmegaConf.select(job_cfg, "task") is not None:
-                ensure_experiment(job_cfg.task, job_cfg.tracking.artifact_root, uri)
+                ensure_experiment(job_cfg.task, artifact_root, uri)
 
 
 class SlurmRunTags(Callback):
