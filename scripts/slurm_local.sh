@@ -5,7 +5,8 @@
 #                                         prints `export SLURM_CONF=DIR/slurm.conf`
 #   scripts/slurm_local.sh stop [DIR]     stops the daemons this script started, by their pid files
 # State, logs, pid files and the accounting database live in DIR (default /tmp/dlzoo-slurm), never in /etc.
-# Settings that work in a container as root: processes tracked by /proc (no cgroups), no task plugin.
+# Settings that work in a container as root: processes tracked by /proc (no cgroups), no task plugin; the
+# controller and the node are addressed as 127.0.0.1, so the host name need not resolve.
 # Accounting goes through slurmdbd into MariaDB, as on a real cluster: `sacct` (which submitit polls for a
 # job's state) reads nothing without it.
 set -euo pipefail
@@ -30,7 +31,7 @@ start)
   cpus=$(nproc)
   cat > "$dir/slurm.conf" <<CONF
 ClusterName=dlzoo
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -55,7 +56,7 @@ JobAcctGatherType=jobacct_gather/none
 MinJobAge=600
 JobRequeue=1
 MpiDefault=none
-NodeName=$host CPUs=$cpus State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
   # munge runs as its own user; the package leaves its run directory to be created.
