@@ -76,8 +76,10 @@ ui: $(STAMP)
 # The tracking server cluster nodes log to: the same mlflow.db, artifacts uploaded through the server into
 # mlartifacts/ (nodes need no shared disk). On the nodes: MLFLOW_TRACKING_URI=http://<host>:$(PORT) and
 # tracking.artifact_root=null, so new experiments take the server's artifact store.
+SERVER_STORE ?= sqlite:///$(CURDIR)/mlflow.db
+SERVER_ARTIFACTS ?= $(CURDIR)/mlartifacts
 server: $(STAMP)
-	$(RUN) mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --artifacts-destination $(CURDIR)/mlartifacts \
+	$(RUN) mlflow server --backend-store-uri $(SERVER_STORE) --artifacts-destination $(SERVER_ARTIFACTS) \
 		--host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 clean:

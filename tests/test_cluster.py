@@ -185,3 +185,43 @@ def test_the_readme_concurrency_table_is_the_measurements():
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "tracking_concurrency.py"), "--table",
                            str(REPO / "benchmarks" / "tracking_concurrency.jsonl")], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() in (REPO / "README.md").read_text()
+
+
+def test_make_server_takes_a_training_from_another_process(prepared, tmp_path):
+    """`make server` as a node would use it: a smoke training with MLFLOW_TRACKING_URI=http://... logs its run,
+    metrics and artifacts (uploaded through the server, tracking.artifact_root=null) into the server's store."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store, artifacts = tmp_path / "server.db", tmp_path / "artifacts"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    server = subprocess.Popen(["make", "--no-print-directory", "server", f"PORT={port}", "WORKERS=1",
+                               f"SERVER_STORE=sqlite:///{store}", f"SERVER_ARTIFACTS={artifacts}"],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=1).read() == b"OK":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("make server did not answer /health within 60 s")
+        proc = subprocess.run([sys.executable, str(TRAIN), *SMOKE, "tracking.artifact_root=null", "hydra.run.dir=outputs/server",
+                               f"paths.model_dir={tmp_path / 'model'}", f"paths.plots_dir={tmp_path / 'plots'}"],
+                              cwd=prepared, env={**os.environ, "MLFLOW_TRACKING_URI": url}, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        from mlflow import MlflowClient
+
+        client = MlflowClient(url)
+        (run,) = client.search_runs([client.get_experiment_by_name("binary-addition").experiment_id])
+        assert run.info.status == "FINISHED" and "val/loss" in run.data.metrics
+        assert any(artifacts.rglob("learning_curve.csv"))   # uploaded through the server, into its artifact root
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
