@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -58,6 +59,11 @@ def make_cfg():
 
 def prepare_data(cfg) -> None:
     instantiate(cfg.data.prepare, out_dir=cfg.data.dir)
+    ood_dir = OmegaConf.select(cfg, "evaluator.ood_dir")
+    if ood_dir:  # the evaluator's out-of-distribution split: the test's (tiny) sizes, the OOD generator setting
+        style = {k: v for k, v in OmegaConf.load(REPO / "conf/data/shapes-ood.yaml").prepare.items()
+                 if not k.startswith("n_")}
+        instantiate(cfg.data.prepare, out_dir=ood_dir, **style)
 
 
 def run_entry(script: str, *overrides: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from dlzoo.evaluation.evaluate import evaluate
 from dlzoo.models.detection import random_flips
 from dlzoo.training.train import train
 
-FAMILIES = ("ssd", "yolo")
+FAMILIES = ("ssd", "yolo-anchor-free", "yolov3")
 TINY = ("data.prepare.n_train=8", "data.prepare.n_val=4", "data.prepare.n_test=4", "data.prepare.image_size=64",
         "model.net.size=64", "data.module.batch_size=4")
 
@@ -120,7 +120,7 @@ def test_net_round_trips_through_mlflow(family, make_cfg, tmp_path):
 
 
 def test_yolo_assigns_the_centre_cell_and_prefers_the_smaller_object(make_cfg):
-    net = instantiate(make_cfg("experiment=detection-shapes-yolo").model.net)
+    net = instantiate(make_cfg("experiment=detection-shapes-yolo-anchor-free").model.net)
     stride = 8.0
     centers = (torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="xy"), -1).reshape(-1, 2) + 0.5) * stride
     big, small = [0.0, 0.0, 32.0, 32.0], [9.0, 9.0, 15.0, 15.0]  # small: inside one cell (8..16)
@@ -142,7 +142,11 @@ def test_evaluator_on_prepared_and_external_coco(workdir, make_cfg):
     assert {"test/map", "test/map_50", "test/map_75"} <= set(metrics)
     assert all(-1 <= metrics[k] <= 1 for k in metrics if k.startswith("test/ap/") or "map" in k)
     assert {k.removeprefix("test/ap/") for k in metrics if k.startswith("test/ap/")} <= {"circle", "square", "triangle"}
-    assert [f.name for f in files] == ["detections.png"] and files[0].stat().st_size > 0
+    assert [f.name for f in files] == ["detections.png", "ood_detections.png"] and files[0].stat().st_size > 0
+    # the recipe's out-of-distribution split (drawn by the second generator setting) scored beside it
+    assert metrics["ood/num_examples"] == 4 and {"ood/map", "ood/map_50", "ood/map_50_kept", "ood/passed"} <= set(metrics)
+    if metrics["test/map_50"] > 0:
+        assert metrics["ood/map_50_kept"] == pytest.approx(metrics["ood/map_50"] / metrics["test/map_50"])
 
     # A user's COCO folder for the test split (another 3 images), named by config, with class names given.
     other = workdir / "other"

@@ -131,6 +131,16 @@ def test_compression_tradeoffs_render_as_dvc_plots(fresh):
         assert len(rows) >= 2 and all(r["size_mb"] and y in r for r in rows), plot_id
 
 
+def test_four_tasks_report_draws_the_same_images_and_logs_its_number(fresh):
+    dst, _, _ = fresh
+    report = metrics_of(dst, "metrics/shapes-four-tasks/report.json")
+    test_images = json.loads((dst / "artifacts/data/shapes/test/annotations.json").read_text())["images"]
+    assert report["test/num_examples"] == len(test_images)  # the image-level class scored on every test image
+    assert (dst / "plots/shapes-four-tasks/four_tasks.png").stat().st_size > 10_000
+    (run,) = [r for r in mlflow_runs(dst / "mlflow.db") if r["experiment"] == "shapes-four-tasks"]
+    assert run["metrics"]["test/dominant_shape_accuracy"] == pytest.approx(report["test/dominant_shape_accuracy"])
+
+
 def test_smoke_models_learn(fresh):
     """Eight optimiser steps cannot make a classifier good, but they must make it learn: thresholds are each
     task's chance level or its own starting point, fixed by the task, not by a measured value."""

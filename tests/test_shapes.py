@@ -95,3 +95,29 @@ def test_prepare_rejects_impossible_settings(tmp_path):
         prepare(str(tmp_path), min_objects=3, max_objects=2)
     with pytest.raises(ConfigError, match="min_size"):
         prepare(str(tmp_path), image_size=20)
+    with pytest.raises(ConfigError, match="background must be one of gradient, stripes"):
+        prepare(str(tmp_path), background="plaid")
+
+
+def test_the_out_of_distribution_setting_draws_what_training_never_sees(tmp_path):
+    """Rotated squares, striped backgrounds and strokes that are not objects; every shape's pixels are still exactly
+    its colour where it is visible (the strokes go under the shapes), and the setting is written into the files."""
+    style = dict(rotate_squares=True, background="stripes", distractors=4)
+    summary = prepare(str(tmp_path / "ood"), **{**TINY, "n_train": 12}, **style)
+    assert summary["generator"] == style
+    coco = COCO(str(tmp_path / "ood" / "train" / "annotations.json"))
+    squares = [a for a in coco.loadAnns(coco.getAnnIds()) if a["category_id"] == 2]
+    tilted = [a for a in squares if len({round(x, 1) for x in a["segmentation"][0][0::2]}) > 2]
+    assert squares and len(tilted) >= 0.8 * len(squares)  # an axis-aligned square has two distinct x values
+    for image_id in coco.getImgIds():
+        pixels = np.array(Image.open(tmp_path / "ood" / "train" / "images" / coco.loadImgs(image_id)[0]["file_name"]))
+        owner = np.full(pixels.shape[:2], -1)
+        masks = _instance_masks(coco, image_id)
+        for k, (_, m) in enumerate(masks):
+            owner[m] = k
+        for k, (ann, _) in enumerate(masks):
+            assert (pixels[owner == k] == ann["color"]).all()
+    default = prepare(str(tmp_path / "default"), **TINY)
+    assert "generator" not in default  # the default files are what they were before the setting existed
+    info = json.loads((tmp_path / "default" / "test" / "annotations.json").read_text())["info"]
+    assert "generator" not in info

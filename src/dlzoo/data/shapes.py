@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
 
 from dlzoo.data.coco import SPLITS, polygons_mask, split_paths, validate_coco
@@ -47,6 +47,8 @@ CIRCLE_VERTICES = 32
 MAX_BOX_IOU = 0.3  # a new shape may overlap an earlier one's box by at most this IoU ...
 MIN_VISIBLE = 0.5  # ... and must leave at least this fraction of every earlier shape visible
 MIN_CONTRAST = 80.0  # RGB distance of a shape's colour from what lies under it (best of 20 draws)
+BACKGROUNDS = ("gradient", "stripes")
+DEFAULT_STYLE = {"rotate_squares": False, "background": "gradient", "distractors": 0}
 
 
 def prepare(
@@ -60,13 +62,27 @@ def prepare(
     seed: int = 0,
     min_size: int = 12,
     max_size: int = 48,
+    rotate_squares: bool = False,
+    background: str = "gradient",
+    distractors: int = 0,
 ) -> dict:
     """Write the three splits as COCO datasets under `out_dir`; return counts per split and category.
 
     Shape sizes (side, diameter) are drawn from [min_size, min(max_size, image_size // 2)]. Each
     image has its own random stream, seeded by (seed, split, index), so an image does not change
     when the number of images in a split does.
+
+    A second generator setting (the out-of-distribution test data, conf/data/shapes-ood.yaml) changes what
+    is drawn: `rotate_squares` turns squares to any angle (else they are axis-aligned), `background`
+    "stripes" paints striped backgrounds instead of gradients with blotches, and `distractors` > 0 draws up to
+    that many strokes per image under the shapes (lines and arcs that are not objects). With the defaults the
+    random streams, images and files are what they were before these options existed.
     """
+    if background not in BACKGROUNDS:
+        raise ConfigError(f"data.prepare.background must be one of {', '.join(BACKGROUNDS)}, got '{background}'")
+    if distractors < 0:
+        raise ConfigError(f"data.prepare.distractors must be >= 0, got {distractors}")
+    style = {"rotate_squares": rotate_squares, "background": background, "distractors": distractors}
     if image_size < 16:
         raise ConfigError(f"data.prepare.image_size must be >= 16, got {image_size}")
     top = min(max_size, image_size // 2)
@@ -85,6 +101,8 @@ def prepare(
 
     out = Path(out_dir)
     summary: dict = {"name": "shapes", "image_size": image_size, "seed": seed, "splits": {}}
+    if style != DEFAULT_STYLE:
+        summary["generator"] = style
     for split_index, split in enumerate(SPLITS):
         json_path, image_dir = split_paths(out, split)
         if json_path.parent.exists():  # no stale images from an earlier, larger run
@@ -93,7 +111,7 @@ def prepare(
         images, annotations = [], []
         for index in range(counts[split]):
             rng = np.random.default_rng([seed, split_index, index])
-            pixels, shapes = _render_image(rng, image_size, min_objects, max_objects, min_size, top)
+            pixels, shapes = _render_image(rng, image_size, min_objects, max_objects, min_size, top, **style)
             image_id = index + 1
             file_name = f"{image_id:06d}.png"
             Image.fromarray(pixels).save(image_dir / file_name)
@@ -109,6 +127,8 @@ def prepare(
                 "image_size": image_size,
                 "segmentation": "full (amodal) polygons in draw order; paint later over earlier",
                 "area": "polygon (shoelace) area of the full shape, not the visible pixels",
+                # only a non-default setting is written, so the default files stay byte for byte as they were
+                **({"generator": style} if style != DEFAULT_STYLE else {}),
             },
             "licenses": [],
             "images": images,
@@ -141,24 +161,60 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(base + rng.uniform(10, 40) * blotches + noise, 0, 255).astype(np.uint8)
 
 
-def _outline(category_id: int, size: float, rng: np.random.Generator) -> np.ndarray:
-    """Vertices (n, 2) of a shape around (0, 0): `size` is the square's side, circle's diameter,
-    or the (equilateral, randomly rotated) triangle's side."""
+def _outline(category_id: int, size: float, rng: np.random.Generator, rotate_squares: bool = False) -> np.ndarray:
+    """Vertices (n, 2) of a shape around (0, 0): `size` is the square's side (axis-aligned unless
+    `rotate_squares`), circle's diameter, or the (equilateral, randomly rotated) triangle's side."""
     if category_id == 1:
         angles = 2 * math.pi * np.arange(CIRCLE_VERTICES) / CIRCLE_VERTICES
         radius = size / 2
     elif category_id == 2:
         h = size / 2
-        return np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
+        square = np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
+        if not rotate_squares:
+            return square
+        a = rng.uniform(0, math.pi / 2)
+        return square @ np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
     else:
         angles = rng.uniform(0, 2 * math.pi) + 2 * math.pi * np.arange(3) / 3
         radius = size / math.sqrt(3)
     return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
 
 
-def _render_image(rng, size, min_objects, max_objects, min_size, max_size) -> tuple[np.ndarray, list[dict]]:
-    """Paint shapes one by one over a background; return the pixels and their annotations (draw order)."""
-    pixels = _background(rng, size)
+def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Two-colour stripes at a random angle and period, softened, with pixel noise: (size, size, 3) uint8."""
+    c0, c1 = rng.uniform(0, 255, (2, 3))
+    angle, period = rng.uniform(0, math.pi), rng.uniform(6, 24)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    t = 0.5 + 0.5 * np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period)
+    noise = rng.normal(0.0, rng.uniform(4, 16), (size, size, 3))
+    return np.clip(c0 + t[..., None] * (c1 - c0) + noise, 0, 255).astype(np.uint8)
+
+
+def _draw_distractors(rng: np.random.Generator, pixels: np.ndarray, count: int) -> np.ndarray:
+    """Up to `count` strokes that are not objects (straight lines and arcs, 1-3 px wide) on the background."""
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    size = pixels.shape[0]
+    for _ in range(int(rng.integers(0, count + 1))):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        width = int(rng.integers(1, 4))
+        x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, 4))
+        if rng.uniform() < 0.5:
+            draw.line([(x0, y0), (x1, y1)], fill=colour, width=width)
+        else:
+            box = [min(x0, x1), min(y0, y1), max(x0, x1) + 4, max(y0, y1) + 4]
+            start = float(rng.uniform(0, 360))
+            draw.arc(box, start, start + float(rng.uniform(60, 240)), fill=colour, width=width)
+    return np.asarray(image).copy()
+
+
+def _render_image(rng, size, min_objects, max_objects, min_size, max_size, rotate_squares: bool = False,
+                  background: str = "gradient", distractors: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """Paint shapes one by one over a background; return the pixels and their annotations (draw order).
+    Distractors go under the shapes, so each shape's pixels stay exactly its mask."""
+    pixels = _background(rng, size) if background == "gradient" else _stripes(rng, size)
+    if distractors:
+        pixels = _draw_distractors(rng, pixels, distractors)
     owner = np.full((size, size), -1, dtype=np.int64)  # index of the shape visible at each pixel
     full_areas: list[int] = []
     colors: list[np.ndarray] = []
@@ -169,7 +225,7 @@ def _render_image(rng, size, min_objects, max_objects, min_size, max_size) -> tu
         if len(shapes) == n_objects:
             break
         category_id = int(rng.integers(1, 4))
-        rel = _outline(category_id, rng.uniform(min_size, max_size), rng)
+        rel = _outline(category_id, rng.uniform(min_size, max_size), rng, rotate_squares)
         lo, hi = rel.min(axis=0), rel.max(axis=0)
         # keep the whole shape at least 1 px inside the image
         center = rng.uniform(1 - lo, size - 1 - hi)

@@ -15,6 +15,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert, box_iou
 
+from dlzoo.evaluation.ood import with_ood
 from dlzoo.models.detection import metric_target
 from dlzoo.plotting import plt, save_figure
 
@@ -39,8 +40,17 @@ def predict(module, loader) -> tuple[list, list, list]:
 
 
 def evaluate(module, datamodule, out_dir: str | Path, class_names: list[str] | None = None,
-             score_threshold: float = 0.5, num_plotted: int = 8) -> tuple[dict, list[Path]]:
-    """`score_threshold` only filters the boxes drawn: mAP uses every detection (it sweeps all thresholds)."""
+             score_threshold: float = 0.5, num_plotted: int = 8, ood_dir: str | None = None,
+             ood_min_kept: float = 0.85) -> tuple[dict, list[Path]]:
+    """`score_threshold` only filters the boxes drawn: mAP uses every detection (it sweeps all thresholds).
+    `ood_dir`: also score that COCO folder's test split (`ood/...`, see dlzoo.evaluation.ood)."""
+    def score(module, datamodule, out_dir):
+        return _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted)
+
+    return with_ood(score, module, datamodule, out_dir, ood_dir, ("test/map_50", "test/map"), ood_min_kept)
+
+
+def _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted) -> tuple[dict, list[Path]]:
     datamodule.setup("test")
     images, preds, targets = predict(module, datamodule.test_dataloader())
     names = list(class_names) if class_names else datamodule.category_names  # index = label, 0 = background

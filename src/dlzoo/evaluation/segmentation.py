@@ -15,6 +15,7 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from dlzoo.errors import ConfigError
+from dlzoo.evaluation.ood import with_ood
 from dlzoo.evaluation.plots import plot_bar
 
 
@@ -61,9 +62,17 @@ def plot_segmentations(images, masks, preds, class_names, path: str | Path) -> P
     return path
 
 
-@torch.no_grad()
 def evaluate(module, datamodule, out_dir: str | Path, num_classes: int = 4, class_names=None,
-             n_examples: int = 8) -> tuple[dict, list[Path]]:
+             n_examples: int = 8, ood_dir: str | None = None, ood_min_kept: float = 0.85) -> tuple[dict, list[Path]]:
+    """`ood_dir`: also score that COCO folder's test split (`ood/...`, see dlzoo.evaluation.ood)."""
+    def score(module, datamodule, out_dir):
+        return _evaluate(module, datamodule, out_dir, num_classes, class_names, n_examples)
+
+    return with_ood(score, module, datamodule, out_dir, ood_dir, ("test/miou",), ood_min_kept)
+
+
+@torch.no_grad()
+def _evaluate(module, datamodule, out_dir, num_classes, class_names, n_examples) -> tuple[dict, list[Path]]:
     datamodule.setup("test")
     if class_names is None:
         class_names = getattr(datamodule, "category_names", None) or [f"class_{i}" for i in range(num_classes)]
