@@ -14,11 +14,15 @@ from pycocotools import mask as mask_utils
 from torchvision.ops import box_convert
 
 from conftest import mlflow_runs, prepare_data
-from dlzoo.data.coco import CocoDataModule
+from types import SimpleNamespace
+
+from torchvision.transforms import v2
+
+from dlzoo.data.coco import CocoDataModule, CocoDetectionDataset
+from dlzoo.data.shapes import prepare as prepare_shapes
 from dlzoo.evaluation.detection import coco_box_iou
 from dlzoo.evaluation.detection import evaluate as evaluate_detection
 from dlzoo.evaluation.evaluate import evaluate
-from dlzoo.models.detection import random_flips
 from dlzoo.training.train import train
 
 FAMILIES = ("ssd", "yolo-anchor-free", "yolov3")
@@ -52,14 +56,33 @@ def test_box_convert_matches_coco_bbox_convention():
     assert box_convert(xyxy, "xyxy", "cxcywh").tolist() == [[8.0, 14.0, 10.0, 20.0]]
 
 
-def test_random_flips_move_boxes_with_the_pixels():
+def test_v2_flips_move_boxes_with_the_pixels():
     image = torch.zeros(3, 20, 30)
     image[:, 2:6, 3:10] = 1  # rows 2..5, columns 3..9 -> box x 3..10, y 2..6
-    target = {"boxes": torch.tensor([[3.0, 2.0, 10.0, 6.0]]), "labels": torch.tensor([1])}
-    [flipped], [t] = random_flips([image], [target], hflip=1.0, vflip=1.0)
+    target = {"boxes": torch.tensor([[3.0, 2.0, 10.0, 6.0]]), "labels": torch.tensor([1]), "image_id": 7,
+              "crowd_boxes": torch.tensor([[0.0, 0.0, 5.0, 4.0]]), "crowd_labels": torch.tensor([2])}
+    flips = SimpleNamespace(transforms=v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.RandomVerticalFlip(p=1.0)]))
+    flipped, t = CocoDetectionDataset.augment(flips, image, target)
     x0, y0, x1, y1 = t["boxes"][0].int().tolist()
+    assert (x0, y0, x1, y1) == (20, 14, 27, 18)
     assert flipped[:, y0:y1, x0:x1].sum() == image.sum()  # the box still frames every lit pixel
-    assert target["boxes"].tolist() == [[3.0, 2.0, 10.0, 6.0]]  # the dataset's target is left alone
+    assert t["crowd_boxes"].tolist() == [[25.0, 16.0, 30.0, 20.0]]  # crowd regions move too
+    assert t["labels"].tolist() == [1] and t["image_id"] == 7  # the rest passes through
+    assert type(flipped) is torch.Tensor and type(t["boxes"]) is torch.Tensor  # plain tensors out
+    assert target["boxes"].tolist() == [[3.0, 2.0, 10.0, 6.0]]  # the caller's target is left alone
+
+
+def test_train_transforms_augment_the_training_split_only(tmp_path):
+    prepare_shapes(str(tmp_path / "shapes"), image_size=64, n_train=4, n_val=2, n_test=1)
+    flip = v2.RandomHorizontalFlip(p=1.0)
+    plain = CocoDataModule(str(tmp_path / "shapes"), batch_size=4)
+    flipped = CocoDataModule(str(tmp_path / "shapes"), batch_size=4, train_transforms=flip)
+    plain.setup("fit")
+    flipped.setup("fit")
+    a, ta = plain.datasets["train"][0]
+    b, tb = flipped.datasets["train"][0]
+    assert torch.equal(b, a.flip(-1)) and torch.allclose(tb["boxes"][:, [2, 0]], 64 - ta["boxes"][:, [0, 2]])
+    assert torch.equal(flipped.datasets["val"][0][0], plain.datasets["val"][0][0])
 
 
 # --------------------------------------------------------------------------------------- models
@@ -157,6 +180,10 @@ def test_evaluator_on_prepared_and_external_coco(workdir, make_cfg):
     coco = json.loads((other / "test" / "annotations.json").read_text())
     assert metrics2["test/num_examples"] == 3 and metrics2["test/num_objects"] == len(coco["annotations"])
     assert {k.removeprefix("test/ap/") for k in metrics2 if k.startswith("test/ap/")} <= {"C", "S", "T"}
+
+    # max_images (the smoke profile's eval_limit) scores the first images of both splits
+    metrics3, _ = instantiate(cfg.evaluator, max_images=2)(module, instantiate(cfg.data.module), workdir / "reports3")
+    assert metrics3["test/num_examples"] == 2 and metrics3["ood/num_examples"] == 2
 
 
 def test_perfect_predictions_score_one(workdir, make_cfg):

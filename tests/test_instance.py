@@ -3,6 +3,7 @@ COCO mask mAP on known answers, the Mask R-CNN net and a smoke fit + evaluate th
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 from pycocotools import mask as mask_utils
+from torchvision.transforms import v2
 
 from conftest import mlflow_runs, prepare_data
 from dlzoo.data.coco import polygons_mask
@@ -18,7 +20,6 @@ from dlzoo.errors import DataError
 from dlzoo.evaluation.evaluate import evaluate
 from dlzoo.evaluation.instance import coco_scores
 from dlzoo.evaluation.instance import evaluate as evaluate_instances
-from dlzoo.models.maskrcnn import random_flips_with_masks
 from dlzoo.training.train import train
 
 TINY = ["data.prepare.n_train=8", "data.prepare.n_val=4", "data.prepare.n_test=4", "data.prepare.image_size=64",
@@ -102,8 +103,11 @@ def test_flips_move_masks_with_their_boxes():
     image = torch.zeros(3, 8, 10)
     masks = torch.zeros(1, 8, 10, dtype=torch.uint8)
     masks[0, 1:3, 0:4] = 1
-    target = {"boxes": torch.tensor([[0.0, 1.0, 4.0, 3.0]]), "labels": torch.tensor([1]), "masks": masks}
-    (_,), (flipped,) = random_flips_with_masks([image], [target], hflip=1.0, vflip=1.0)
+    target = {"boxes": torch.tensor([[0.0, 1.0, 4.0, 3.0]]), "labels": torch.tensor([1]), "masks": masks,
+              "crowd_masks": torch.zeros(0, 8, 10, dtype=torch.uint8)}
+    flips = SimpleNamespace(transforms=v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.RandomVerticalFlip(p=1.0)]))
+    _, flipped = CocoInstanceDataset.augment(flips, image, target)
+    assert flipped["masks"].dtype == torch.uint8 and flipped["crowd_masks"].shape == (0, 8, 10)
     ys, xs = torch.nonzero(flipped["masks"][0], as_tuple=True)
     assert flipped["boxes"].tolist() == [[6.0, 5.0, 10.0, 7.0]]
     assert (xs.min().item(), xs.max().item() + 1, ys.min().item(), ys.max().item() + 1) == (6, 10, 5, 7)

@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 from pycocotools.coco import COCO
 
 from dlzoo.data.coco import rasterize_semantic_mask
-from conftest import TINY_SHAPES as TINY
-from dlzoo.data.shapes import prepare
+from conftest import REPO, TINY_SHAPES as TINY
+from dlzoo.data.shapes import DEFAULT_STYLE, _same_class_contacts, prepare
 from dlzoo.errors import ConfigError
 
 
@@ -99,18 +100,29 @@ def test_prepare_rejects_impossible_settings(tmp_path):
         prepare(str(tmp_path), background="plaid")
 
 
-def test_the_out_of_distribution_setting_draws_what_training_never_sees(tmp_path):
-    """Rotated squares, striped backgrounds and strokes that are not objects; every shape's pixels are still exactly
-    its colour where it is visible (the strokes go under the shapes), and the setting is written into the files."""
-    style = dict(rotate_squares=True, background="stripes", distractors=4)
-    summary = prepare(str(tmp_path / "ood"), **{**TINY, "n_train": 12}, **style)
+def _setting(name: str) -> dict:
+    """The generator style a data config sets (conf/data/<name>.yaml, on top of shapes.yaml)."""
+    keys = ("rotate_squares", "background", "distractors", "distractor_kind")
+    prepare_cfg = {**OmegaConf.load(REPO / "conf/data/shapes.yaml").prepare}
+    if name != "shapes":
+        prepare_cfg.update(OmegaConf.load(REPO / f"conf/data/{name}.yaml").prepare)
+    return {k: prepare_cfg[k] for k in keys if k in prepare_cfg}
+
+
+@pytest.mark.parametrize("name", ["shapes", "shapes-ood"])
+def test_the_configured_settings_draw_tilted_squares_and_marks_under_exact_shapes(tmp_path, name):
+    """Training (shapes) and the out-of-distribution split both draw squares at any angle and marks that are not
+    objects; every shape's pixels are still exactly its colour where it is visible (the marks go under the shapes),
+    and the setting is written into the files."""
+    style = {**DEFAULT_STYLE, **_setting(name)}
+    summary = prepare(str(tmp_path / name), **{**TINY, "n_train": 12}, **style)
     assert summary["generator"] == style
-    coco = COCO(str(tmp_path / "ood" / "train" / "annotations.json"))
+    coco = COCO(str(tmp_path / name / "train" / "annotations.json"))
     squares = [a for a in coco.loadAnns(coco.getAnnIds()) if a["category_id"] == 2]
     tilted = [a for a in squares if len({round(x, 1) for x in a["segmentation"][0][0::2]}) > 2]
     assert squares and len(tilted) >= 0.8 * len(squares)  # an axis-aligned square has two distinct x values
     for image_id in coco.getImgIds():
-        pixels = np.array(Image.open(tmp_path / "ood" / "train" / "images" / coco.loadImgs(image_id)[0]["file_name"]))
+        pixels = np.array(Image.open(tmp_path / name / "train" / "images" / coco.loadImgs(image_id)[0]["file_name"]))
         owner = np.full(pixels.shape[:2], -1)
         masks = _instance_masks(coco, image_id)
         for k, (_, m) in enumerate(masks):
@@ -121,3 +133,28 @@ def test_the_out_of_distribution_setting_draws_what_training_never_sees(tmp_path
     assert "generator" not in default  # the default files are what they were before the setting existed
     info = json.loads((tmp_path / "default" / "test" / "annotations.json").read_text())["info"]
     assert "generator" not in info
+
+
+def test_the_out_of_distribution_split_draws_what_training_never_sees():
+    train, ood = _setting("shapes"), _setting("shapes-ood")
+    seen = {"mixed": {"gradient", "stripes"}}.get(train["background"], {train["background"]})
+    assert ood["background"] not in seen
+    assert ood["distractors"] > 0 and ood["distractor_kind"] != train["distractor_kind"]
+    assert OmegaConf.load(REPO / "conf/data/shapes-ood.yaml").prepare.seed != OmegaConf.load(
+        REPO / "conf/data/shapes.yaml").prepare.seed
+
+
+def test_same_class_contacts_count_overlapping_and_touching_pairs_only():
+    def square(x0, category_id=2):
+        return {"category_id": category_id, "segmentation": [[x0, 2, x0 + 4, 2, x0 + 4, 6, x0, 6]]}
+    # 2..6 and 6..10 share an edge (touching); 20..24 is apart; 22..26 overlaps it but is another class
+    shapes = [square(2), square(6), square(20), square(22, category_id=1)]
+    assert _same_class_contacts(shapes, 32) == 1
+    assert _same_class_contacts(shapes[:1] + shapes[2:], 32) == 0
+    assert _same_class_contacts([square(2), square(3)], 32) == 1  # overlapping
+
+
+def test_training_data_has_same_class_instances_that_overlap_or_touch(tmp_path):
+    """What makes instance segmentation harder than semantic: shapes of one class that meet."""
+    summary = prepare(str(tmp_path / "s"), **{**TINY, "n_train": 60}, **_setting("shapes"))
+    assert summary["splits"]["train"]["same_class_overlapping_or_touching_pairs"] >= 3

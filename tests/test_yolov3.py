@@ -44,10 +44,21 @@ def test_assignment_of_a_hand_made_box():
     net.set_anchors(ANCHORS[::-1])  # any order in: sorted by area
     assert net.anchors.tolist() == ANCHORS
     grids = [(16, 16), (8, 8), (4, 4)]
-    (small, large) = net.assign(torch.tensor([[30.0, 40.0, 50.0, 60.0], [0.0, 0.0, 44.0, 44.0]]), grids, (128, 128))
-    assert small == pytest.approx((0, 2, 6, 5, 0.0, 0.25, 0.0, 0.0))
-    assert large[:4] == (2, 0, 0, 0) and large[4:6] == pytest.approx((22 / 32, 22 / 32))
-    assert large[6:] == pytest.approx((np.log(44 / 48), np.log(44 / 48)))
+    small, large = net.assign(torch.tensor([[30.0, 40.0, 50.0, 60.0], [0.0, 0.0, 44.0, 44.0]]), grids, (128, 128)).tolist()
+    assert small == pytest.approx((0, 0, 2, 6, 5, 0.0, 0.25, 0.0, 0.0))  # object, scale, anchor, row, col, tx, ty, tw, th
+    assert large[:5] == [1, 2, 0, 0, 0] and large[5:7] == pytest.approx((22 / 32, 22 / 32))
+    assert large[7:] == pytest.approx((np.log(44 / 48), np.log(44 / 48)))
+
+
+def test_multi_anchor_assignment_adds_every_anchor_above_the_threshold():
+    """With anchor_iou_thresh 0.8 the 44x44 box also goes to the 40x40 anchor (shape IoU 0.83), scale 1 (rows are
+    ordered by object, then anchor); the 20x20 box has no second anchor that close. null is the paper's one anchor."""
+    net = YOLOv3(size=128, anchor_iou_thresh=0.8)
+    net.set_anchors(ANCHORS)
+    grids = [(16, 16), (8, 8), (4, 4)]
+    out = net.assign(torch.tensor([[30.0, 40.0, 50.0, 60.0], [0.0, 0.0, 44.0, 44.0]]), grids, (128, 128)).tolist()
+    assert [o[:3] for o in out] == [[0, 0, 2], [1, 1, 2], [1, 2, 0]]
+    assert out[1][3:5] == [1, 1] and out[1][7:] == pytest.approx((np.log(44 / 40), np.log(44 / 40)))
 
 
 def test_losses_pull_the_assigned_prediction_towards_its_object():

@@ -10,6 +10,10 @@ A split is an annotation file and an image folder; by default `root/{split}/anno
   category ids with gaps (e.g. COCO's 1..90) still fit a K+1-way head.
 - Semantic masks paint each image's annotations in file order, later over earlier, from their
   polygons or RLE, exactly as pycocotools rasterises them.
+- Training augmentations are `torchvision.transforms.v2` transforms (`train_transforms`, e.g. flips and
+  photometric distortion), applied per sample to the image wrapped as `tv_tensors.Image` and the boxes
+  and masks as `tv_tensors.BoundingBoxes` / `tv_tensors.Mask`, as torchvision's detection references do:
+  v2 moves the boxes and masks with the pixels, so no task hand-writes its own geometry.
 - Crowd annotations (iscrowd=1) are treated as pycocotools' COCOeval treats them: not objects to
   learn or to recall, but regions where detections are neither right nor wrong. A detection
   target's `boxes`/`labels` (what the nets train on) leave them out, as torchvision's references
@@ -28,6 +32,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
 from dlzoo.data.common import SplitDataModule, require_prepared
@@ -225,8 +230,10 @@ class _CocoImages(Dataset):
     off for large ones.
     """
 
-    def __init__(self, json_path: str | Path, image_dir: str | Path, cache: bool = True, coco: dict | None = None):
+    def __init__(self, json_path: str | Path, image_dir: str | Path, cache: bool = True, coco: dict | None = None,
+                 transforms=None):
         self.json_path, self.image_dir = Path(json_path), Path(image_dir)
+        self.transforms = transforms  # a v2 transform of (image, target), or None
         self.coco = coco if coco is not None else validate_coco(json_path, image_dir)
         self.images = list(self.coco["images"])
         cats = sorted(self.coco["categories"], key=lambda c: c["id"])
@@ -265,6 +272,28 @@ class _CocoImages(Dataset):
         out /= 255
         return torch.from_numpy(out)
 
+    def augment(self, image: torch.Tensor, target):
+        """(image, target) through `self.transforms`, with the image, boxes and masks wrapped as tv_tensors so
+        that v2 knows what each is, and unwrapped to plain tensors after. A target is a dict (its `boxes`,
+        `crowd_boxes`, `masks` and `crowd_masks` move with the image; other keys pass through) or a mask."""
+        if self.transforms is None:
+            return image, target
+        size = tuple(image.shape[-2:])
+        if isinstance(target, dict):
+            wrapped = dict(target)
+            for key in ("boxes", "crowd_boxes"):
+                if key in wrapped:
+                    wrapped[key] = tv_tensors.BoundingBoxes(wrapped[key], format="XYXY", canvas_size=size)
+            for key in ("masks", "crowd_masks"):
+                if key in wrapped:
+                    wrapped[key] = tv_tensors.Mask(wrapped[key])
+        else:
+            wrapped = tv_tensors.Mask(target)
+        image, wrapped = self.transforms(tv_tensors.Image(image), wrapped)
+        plain = (lambda v: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v)
+        out = {k: plain(v) for k, v in wrapped.items()} if isinstance(wrapped, dict) else plain(wrapped)
+        return plain(image).contiguous(), out
+
 
 class CocoDetectionDataset(_CocoImages):
     """(image [3, H, W] float in [0, 1], target) with target = {"boxes": [N, 4] xyxy float,
@@ -274,8 +303,8 @@ class CocoDetectionDataset(_CocoImages):
     are kept apart for evaluation (see `dlzoo.models.detection.metric_target`).
     """
 
-    def __init__(self, json_path, image_dir, cache: bool = True, coco: dict | None = None):
-        super().__init__(json_path, image_dir, cache=cache, coco=coco)
+    def __init__(self, json_path, image_dir, cache: bool = True, coco: dict | None = None, transforms=None):
+        super().__init__(json_path, image_dir, cache=cache, coco=coco, transforms=transforms)
         self.targets = [self._target(im) for im in self.images]
 
     def _boxes_and_labels(self, anns: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,7 +321,7 @@ class CocoDetectionDataset(_CocoImages):
 
     def __getitem__(self, index: int):
         t = self.targets[index]  # cloned: a training step may change its batch's targets in place
-        return self.image(index), {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+        return self.augment(self.image(index), {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.items()})
 
 
 class CocoSegmentationDataset(_CocoImages):
@@ -301,8 +330,8 @@ class CocoSegmentationDataset(_CocoImages):
     Crowd regions are painted like any other annotation: their pixels do belong to the category.
     """
 
-    def __init__(self, json_path, image_dir, cache: bool = True, coco: dict | None = None):
-        super().__init__(json_path, image_dir, cache=cache, coco=coco)
+    def __init__(self, json_path, image_dir, cache: bool = True, coco: dict | None = None, transforms=None):
+        super().__init__(json_path, image_dir, cache=cache, coco=coco, transforms=transforms)
         dtype = np.uint8 if len(self.category_ids) < 255 else np.int64
         self._masks = [self._mask(i).astype(dtype) for i in range(len(self))] if cache else None
 
@@ -312,7 +341,7 @@ class CocoSegmentationDataset(_CocoImages):
 
     def __getitem__(self, index: int):
         mask = self._masks[index] if self._masks is not None else self._mask(index)
-        return self.image(index), torch.from_numpy(mask.astype(np.int64))
+        return self.augment(self.image(index), torch.from_numpy(mask.astype(np.int64)))
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -343,6 +372,10 @@ class CocoDataModule(SplitDataModule):
 
     `setup` validates every split it needs (fit: train + val; validate: val; test/predict: test)
     before decoding any image. `num_classes` = categories + 1 (background); `category_names[label]`.
+    `train_transforms` (a v2 transform, e.g. `v2.Compose` from config) augments the training split only.
+
+    A task is a dataset class and a check: subclasses for other tasks (`coco_instance.CocoInstanceDataModule`)
+    override `dataset_class` and `validate_split`.
     """
 
     def __init__(
@@ -358,8 +391,10 @@ class CocoDataModule(SplitDataModule):
         test_json: str | None = None,
         test_images: str | None = None,
         cache: bool = True,
+        train_transforms=None,
     ):
         super().__init__(batch_size, num_workers)
+        self.train_transforms = train_transforms
         if task not in TASKS:
             raise ConfigError(f"data.module.task must be one of {', '.join(TASKS)}, got '{task}'")
         if batch_size < 1:
@@ -386,6 +421,7 @@ class CocoDataModule(SplitDataModule):
         for split in todo:  # every split is checked before any image is decoded
             json_path, image_dir = self.paths(split)
             parsed[split] = validate_coco(json_path, image_dir)
+            self.validate_split(parsed[split], str(json_path))
         for split in todo:
             self._check_categories(split, parsed[split])
             if self.task == "segmentation" and self.batch_size > 1:
@@ -395,10 +431,18 @@ class CocoDataModule(SplitDataModule):
                         f"{self.paths(split)[0]}: images differ in size ({_ids(sorted(sizes))}); segmentation batches "
                         f"need one size: resize the images or set data.module.batch_size=1"
                     )
-        cls = CocoDetectionDataset if self.task == "detection" else CocoSegmentationDataset
         for split in todo:
             json_path, image_dir = self.paths(split)
-            self.datasets[split] = cls(json_path, image_dir, cache=self.cache, coco=parsed[split])
+            transforms = self.train_transforms if split == "train" else None
+            self.datasets[split] = self.dataset_class(json_path, image_dir, cache=self.cache, coco=parsed[split],
+                                                      transforms=transforms)
+
+    @property
+    def dataset_class(self) -> type:
+        return CocoDetectionDataset if self.task == "detection" else CocoSegmentationDataset
+
+    def validate_split(self, coco: dict, where: str) -> None:
+        """What this task needs of a split beyond `validate_coco` (nothing for boxes and semantic masks)."""
 
     def _check_categories(self, split: str, coco: dict) -> None:
         cats = sorted((c["id"], c["name"]) for c in coco["categories"])

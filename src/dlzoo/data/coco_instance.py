@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dlzoo.data.coco import SPLITS, CocoDataModule, CocoDetectionDataset, _annotation_mask, _ids, validate_coco
+from dlzoo.data.coco import CocoDataModule, CocoDetectionDataset, _annotation_mask, _ids
 from dlzoo.errors import DataError
 
 TOLERANCE = 1.0  # pixels a polygon may reach past its image's edge (as for boxes in validate_coco)
@@ -54,8 +54,8 @@ class CocoInstanceDataset(CocoDetectionDataset):
     """(image [3, H, W] float in [0, 1], target): the detection target plus `masks` [N, H, W] uint8 (one per
     object, in the order of `boxes`) and `crowd_masks` [M, H, W] for the crowd regions (evaluation only)."""
 
-    def __init__(self, json_path, image_dir, cache: bool = True, coco: dict | None = None):
-        super().__init__(json_path, image_dir, cache=cache, coco=coco)
+    def __init__(self, json_path, image_dir, cache: bool = True, coco: dict | None = None, transforms=None):
+        super().__init__(json_path, image_dir, cache=cache, coco=coco, transforms=transforms)
         self._masks = [self._instance_masks(im) for im in self.images] if cache else None
 
     def _instance_masks(self, im: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +70,11 @@ class CocoInstanceDataset(CocoDetectionDataset):
         return stack([a for a in anns if not a.get("iscrowd", 0)]), stack([a for a in anns if a.get("iscrowd", 0)])
 
     def __getitem__(self, index: int):
-        image, target = super().__getitem__(index)
+        t = self.targets[index]
+        target = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
         masks, crowd = self._masks[index] if self._masks is not None else self._instance_masks(self.images[index])
         target["masks"], target["crowd_masks"] = masks.clone(), crowd.clone()
-        return image, target
+        return self.augment(self.image(index), target)  # the masks move with the image and boxes
 
 
 class CocoInstanceDataModule(CocoDataModule):
@@ -86,15 +87,7 @@ class CocoInstanceDataModule(CocoDataModule):
         super().__init__(data_dir, task="detection", **kwargs)  # detection batches: images + target dicts
         self.task = "instance"
 
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, SPLITS)
-        todo = [s for s in wanted if s not in self.datasets]
-        parsed = {}
-        for split in todo:
-            json_path, image_dir = self.paths(split)
-            parsed[split] = validate_coco(json_path, image_dir)
-            validate_instance_masks(parsed[split], str(json_path))
-        for split in todo:
-            self._check_categories(split, parsed[split])
-            json_path, image_dir = self.paths(split)
-            self.datasets[split] = CocoInstanceDataset(json_path, image_dir, cache=self.cache, coco=parsed[split])
+    dataset_class = CocoInstanceDataset
+
+    def validate_split(self, coco: dict, where: str) -> None:
+        validate_instance_masks(coco, where)

@@ -2,8 +2,9 @@
 textured backgrounds, written as real COCO datasets that `dlzoo.data.coco` (or pycocotools) reads.
 
 `prepare` draws seeded, deterministic images of circles, squares and triangles (category ids 1, 2, 3)
-of random size, colour and position on textured backgrounds (a colour gradient, smooth blotches and
-pixel noise), and writes each split in the layout `coco.CocoDataModule` reads by default:
+of random size, colour, position and (with `rotate_squares`, as conf/data/shapes.yaml sets) rotation on
+textured backgrounds, optionally under strokes that are not objects (see `prepare` for the settings),
+and writes each split in the layout `coco.CocoDataModule` reads by default:
 
     out_dir/{train,val,test}/images/000001.png ...
     out_dir/{train,val,test}/annotations.json      (loads with pycocotools.coco.COCO)
@@ -25,6 +26,8 @@ Annotation conventions (why they are what they are):
   distance from the background and the shapes it overlaps, so every annotated shape is visible.
   The colour is kept in each annotation (`color`, an extra key COCO tools ignore).
 - No crowd annotations: every shape is one object (iscrowd=0).
+- Shapes of one class may overlap (within the limits above) or touch; `summary.json` counts those pairs
+  per split (`same_class_overlapping_or_touching_pairs`): instance masks must split what a semantic mask merges.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ CIRCLE_VERTICES = 32
 MAX_BOX_IOU = 0.3  # a new shape may overlap an earlier one's box by at most this IoU ...
 MIN_VISIBLE = 0.5  # ... and must leave at least this fraction of every earlier shape visible
 MIN_CONTRAST = 80.0  # RGB distance of a shape's colour from what lies under it (best of 20 draws)
-BACKGROUNDS = ("gradient", "stripes")
-DEFAULT_STYLE = {"rotate_squares": False, "background": "gradient", "distractors": 0}
+BACKGROUNDS = ("gradient", "stripes", "mixed", "clouds")  # mixed: gradient or stripes, drawn per image
+DISTRACTOR_KINDS = ("strokes", "zigzags")
+DEFAULT_STYLE = {"rotate_squares": False, "background": "gradient", "distractors": 0, "distractor_kind": "strokes"}
 
 
 def prepare(
@@ -65,6 +69,7 @@ def prepare(
     rotate_squares: bool = False,
     background: str = "gradient",
     distractors: int = 0,
+    distractor_kind: str = "strokes",
 ) -> dict:
     """Write the three splits as COCO datasets under `out_dir`; return counts per split and category.
 
@@ -72,17 +77,25 @@ def prepare(
     image has its own random stream, seeded by (seed, split, index), so an image does not change
     when the number of images in a split does.
 
-    A second generator setting (the out-of-distribution test data, conf/data/shapes-ood.yaml) changes what
-    is drawn: `rotate_squares` turns squares to any angle (else they are axis-aligned), `background`
-    "stripes" paints striped backgrounds instead of gradients with blotches, and `distractors` > 0 draws up to
-    that many strokes per image under the shapes (lines and arcs that are not objects). With the defaults the
-    random streams, images and files are what they were before these options existed.
+    What is drawn (conf/data/shapes.yaml randomises it for training; conf/data/shapes-ood.yaml is a setting
+    training never sees):
+    - `rotate_squares` turns squares to any angle (else axis-aligned; triangles always turn, circles look the same);
+    - `background`: "gradient" (a two-colour gradient with blotches), "stripes", "mixed" (either, per image) or
+      "clouds" (multi-octave colour noise, a texture with detail at every scale);
+    - `distractors` > 0 draws up to that many marks per image under the shapes that are not objects:
+      `distractor_kind` "strokes" (straight lines and arcs) or "zigzags" (polylines of 3-7 points).
+    With the defaults the random streams, images and files are what they were before these options existed.
     """
     if background not in BACKGROUNDS:
         raise ConfigError(f"data.prepare.background must be one of {', '.join(BACKGROUNDS)}, got '{background}'")
     if distractors < 0:
         raise ConfigError(f"data.prepare.distractors must be >= 0, got {distractors}")
-    style = {"rotate_squares": rotate_squares, "background": background, "distractors": distractors}
+    if distractor_kind not in DISTRACTOR_KINDS:
+        raise ConfigError(
+            f"data.prepare.distractor_kind must be one of {', '.join(DISTRACTOR_KINDS)}, got '{distractor_kind}'"
+        )
+    style = {"rotate_squares": rotate_squares, "background": background, "distractors": distractors,
+             "distractor_kind": distractor_kind}
     if image_size < 16:
         raise ConfigError(f"data.prepare.image_size must be >= 16, got {image_size}")
     top = min(max_size, image_size // 2)
@@ -109,9 +122,11 @@ def prepare(
             shutil.rmtree(json_path.parent)
         image_dir.mkdir(parents=True)
         images, annotations = [], []
+        contacts = 0
         for index in range(counts[split]):
             rng = np.random.default_rng([seed, split_index, index])
             pixels, shapes = _render_image(rng, image_size, min_objects, max_objects, min_size, top, **style)
+            contacts += _same_class_contacts(shapes, image_size)
             image_id = index + 1
             file_name = f"{image_id:06d}.png"
             Image.fromarray(pixels).save(image_dir / file_name)
@@ -138,7 +153,8 @@ def prepare(
         write_json(json_path, coco)
         validate_coco(json_path, image_dir)  # what the generator writes, any COCO reader here must accept
         per_category = {c["name"]: sum(a["category_id"] == c["id"] for a in annotations) for c in CATEGORIES}
-        summary["splits"][split] = {"images": len(images), "annotations": len(annotations), "per_category": per_category}
+        summary["splits"][split] = {"images": len(images), "annotations": len(annotations), "per_category": per_category,
+                                    "same_class_overlapping_or_touching_pairs": contacts}
     write_json(out / "summary.json", summary)
     return summary
 
@@ -190,13 +206,38 @@ def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(c0 + t[..., None] * (c1 - c0) + noise, 0, 255).astype(np.uint8)
 
 
-def _draw_distractors(rng: np.random.Generator, pixels: np.ndarray, count: int) -> np.ndarray:
-    """Up to `count` strokes that are not objects (straight lines and arcs, 1-3 px wide) on the background."""
+def _clouds(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Multi-octave colour noise (grids of 4 to 32 cells, bicubic, amplitude halving per octave), stretched to
+    a random colour range, with pixel noise: detail at every scale, unlike the smooth gradients."""
+    total = np.zeros((size, size, 3))
+    for octave, grid in enumerate((4, 8, 16, 32)):
+        coarse = rng.normal(0.0, 1.0, (grid, grid, 3)).astype(np.float32)
+        layer = np.stack(
+            [np.asarray(Image.fromarray(coarse[..., k]).resize((size, size), Image.BICUBIC)) for k in range(3)],
+            axis=-1,
+        )
+        total += layer / 2**octave
+    total = (total - total.min()) / (total.max() - total.min() + 1e-9)
+    low, high = np.sort(rng.uniform(0, 255, (2, 3)), axis=0)
+    noise = rng.normal(0.0, rng.uniform(4, 16), (size, size, 3))
+    return np.clip(low + total * (high - low) + noise, 0, 255).astype(np.uint8)
+
+
+def _draw_distractors(rng: np.random.Generator, pixels: np.ndarray, count: int, kind: str = "strokes") -> np.ndarray:
+    """Up to `count` marks that are not objects on the background: "strokes" (straight lines and arcs, 1-3 px
+    wide) or "zigzags" (open polylines of 3-7 points, 1-4 px wide)."""
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
     size = pixels.shape[0]
     for _ in range(int(rng.integers(0, count + 1))):
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if kind == "zigzags":
+            width = int(rng.integers(1, 5))
+            start, steps = rng.uniform(0, size, 2), rng.normal(0.0, size / 6, (int(rng.integers(2, 7)), 2))
+            points = np.clip(start + np.cumsum(steps, axis=0), 0, size - 1)
+            draw.line([tuple(float(v) for v in start)] + [tuple(float(v) for v in p) for p in points],
+                      fill=colour, width=width, joint="curve")
+            continue
         width = int(rng.integers(1, 4))
         x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, 4))
         if rng.uniform() < 0.5:
@@ -209,12 +250,16 @@ def _draw_distractors(rng: np.random.Generator, pixels: np.ndarray, count: int) 
 
 
 def _render_image(rng, size, min_objects, max_objects, min_size, max_size, rotate_squares: bool = False,
-                  background: str = "gradient", distractors: int = 0) -> tuple[np.ndarray, list[dict]]:
+                  background: str = "gradient", distractors: int = 0,
+                  distractor_kind: str = "strokes") -> tuple[np.ndarray, list[dict]]:
     """Paint shapes one by one over a background; return the pixels and their annotations (draw order).
     Distractors go under the shapes, so each shape's pixels stay exactly its mask."""
-    pixels = _background(rng, size) if background == "gradient" else _stripes(rng, size)
+    if background == "mixed":
+        background = "gradient" if rng.uniform() < 0.5 else "stripes"
+    paint = {"gradient": _background, "stripes": _stripes, "clouds": _clouds}[background]
+    pixels = paint(rng, size)
     if distractors:
-        pixels = _draw_distractors(rng, pixels, distractors)
+        pixels = _draw_distractors(rng, pixels, distractors, distractor_kind)
     owner = np.full((size, size), -1, dtype=np.int64)  # index of the shape visible at each pixel
     full_areas: list[int] = []
     colors: list[np.ndarray] = []
@@ -263,6 +308,24 @@ def _render_image(rng, size, min_objects, max_objects, min_size, max_size, rotat
             f"lower data.prepare.min_objects or max_size, or raise image_size"
         )
     return pixels, shapes
+
+
+def _same_class_contacts(shapes: list[dict], size: int) -> int:
+    """Pairs of shapes of one class whose full masks overlap or touch (share an edge, 4-neighbours): the cases
+    that instance segmentation must split and semantic segmentation merges."""
+    masks = [polygons_mask(s["segmentation"], size, size) for s in shapes]
+    grown = []
+    for m in masks:  # the mask and its 4-neighbours
+        g = m.copy()
+        g[1:] |= m[:-1]
+        g[:-1] |= m[1:]
+        g[:, 1:] |= m[:, :-1]
+        g[:, :-1] |= m[:, 1:]
+        grown.append(g)
+    return sum(
+        1 for i in range(len(shapes)) for j in range(i + 1, len(shapes))
+        if shapes[i]["category_id"] == shapes[j]["category_id"] and (grown[i] & masks[j]).any()
+    )
 
 
 def _pick_color(rng, under: np.ndarray, overlapped: list[np.ndarray]) -> np.ndarray:

@@ -41,16 +41,17 @@ def predict(module, loader) -> tuple[list, list, list]:
 
 def evaluate(module, datamodule, out_dir: str | Path, class_names: list[str] | None = None,
              score_threshold: float = 0.5, num_plotted: int = 8, ood_dir: str | None = None,
-             ood_min_kept: float = 0.85) -> tuple[dict, list[Path]]:
+             ood_min_kept: float = 0.85, max_images: int | None = None) -> tuple[dict, list[Path]]:
     """`score_threshold` only filters the boxes drawn: mAP uses every detection (it sweeps all thresholds).
     `ood_dir`: also score that COCO folder's test split (`ood/...`, see dlzoo.evaluation.ood)."""
-    def score(module, datamodule, out_dir):
-        return _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted)
+    def score(module, datamodule, out_dir, split):
+        return _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted, split)
 
-    return with_ood(score, module, datamodule, out_dir, ood_dir, ("test/map_50", "test/map"), ood_min_kept)
+    return with_ood(score, module, datamodule, out_dir, ood_dir, ("test/map_50", "test/map"), ood_min_kept, max_images)
 
 
-def _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted) -> tuple[dict, list[Path]]:
+def _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted,
+              split: str = "test") -> tuple[dict, list[Path]]:
     datamodule.setup("test")
     images, preds, targets = predict(module, datamodule.test_dataloader())
     names = list(class_names) if class_names else datamodule.category_names  # index = label, 0 = background
@@ -69,7 +70,7 @@ def _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plo
     for label, ap in zip(result["classes"].reshape(-1).tolist(), result["map_per_class"].reshape(-1).tolist()):
         metrics[f"test/ap/{names[label] if label < len(names) else label}"] = float(ap)
     out = Path(out_dir) / "detections.png"
-    title = f"test mAP {metrics['test/map']:.3f}, mAP@.5 {metrics['test/map_50']:.3f}"
+    title = f"{split} mAP {metrics['test/map']:.3f}, mAP@.5 {metrics['test/map_50']:.3f}"
     return metrics, [plot_detections(images[:num_plotted], preds, targets, names, out, score_threshold, title)]
 
 

@@ -50,24 +50,25 @@ def coco_scores(preds: list, targets: list, names: list[str]) -> dict:
 
 def evaluate(module, datamodule, out_dir: str | Path, class_names: list[str] | None = None,
              score_threshold: float = 0.5, num_plotted: int = 8, ood_dir: str | None = None,
-             ood_min_kept: float = 0.85) -> tuple[dict, list[Path]]:
+             ood_min_kept: float = 0.85, max_images: int | None = None) -> tuple[dict, list[Path]]:
     """`score_threshold` only filters what is drawn: mAP uses every detection (it sweeps all thresholds).
     `ood_dir`: also score that COCO folder's test split (`ood/...`, see dlzoo.evaluation.ood)."""
-    def score(module, datamodule, out_dir):
-        return _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted)
+    def score(module, datamodule, out_dir, split):
+        return _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted, split)
 
     kept = ("test/segm_map_50", "test/segm_map", "test/bbox_map_50")
-    return with_ood(score, module, datamodule, out_dir, ood_dir, kept, ood_min_kept)
+    return with_ood(score, module, datamodule, out_dir, ood_dir, kept, ood_min_kept, max_images)
 
 
-def _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted) -> tuple[dict, list[Path]]:
+def _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plotted,
+              split: str = "test") -> tuple[dict, list[Path]]:
     datamodule.setup("test")
     images, preds, targets = predict(module, datamodule.test_dataloader())
     names = list(class_names) if class_names else datamodule.category_names  # index = label, 0 = background
     metrics = coco_scores(preds, targets, names)
     metrics["test/num_examples"] = len(images)
     metrics["test/num_objects"] = int(sum(int((t["iscrowd"] == 0).sum()) for t in targets))
-    title = (f"test mask mAP {metrics['test/segm_map']:.3f} (@.5 {metrics['test/segm_map_50']:.3f}), "
+    title = (f"{split} mask mAP {metrics['test/segm_map']:.3f} (@.5 {metrics['test/segm_map_50']:.3f}), "
              f"box mAP {metrics['test/bbox_map']:.3f}")
     out = Path(out_dir) / "instances.png"
     return metrics, [plot_instances(images[:num_plotted], preds, targets, names, out, score_threshold, title)]

@@ -5,6 +5,9 @@ instance segmentation): the same metrics on the test split of another COCO folde
 Keys: `ood/<metric>` for every `test/<metric>`, `ood/<metric>_kept` = OOD / in-distribution for the headline
 metrics the evaluator names, and `ood/passed` = 1 when every kept share reaches `min_kept` (the bar is the
 evaluator config's). Plots are written with an `ood_` prefix beside the in-distribution ones.
+
+`max_images` (the evaluators' `max_images: ${eval_limit}`) scores only the first images of each split: the
+smoke profile's cap, so that the end-to-end test checks every evaluator without scoring 600 images each.
 """
 
 from __future__ import annotations
@@ -12,20 +15,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from torch.utils.data import Subset
+
 
 def ood_datamodule(datamodule, ood_dir: str | Path):
     """The same kind of COCO DataModule, task and batch size, reading `ood_dir/test/`."""
     return type(datamodule)(str(ood_dir), task=datamodule.task, batch_size=datamodule.batch_size)
 
 
+def first_test_images(datamodule, max_images: int | None):
+    """The DataModule with its test split cut to the first `max_images` images (None: all of them)."""
+    datamodule.setup("test")
+    test = datamodule.datasets["test"]
+    if max_images is not None and len(test) > max_images:
+        datamodule.datasets["test"] = Subset(test, range(max_images))
+    return datamodule
+
+
 def with_ood(score: Callable, module, datamodule, out_dir: str | Path, ood_dir: str | Path | None,
-             kept: tuple[str, ...], min_kept: float) -> tuple[dict, list[Path]]:
-    """`score(module, datamodule, out_dir) -> (metrics, files)` on the data's own test split, then (with
-    `ood_dir`) on the OOD test split, merged as described above."""
-    metrics, files = score(module, datamodule, Path(out_dir))
+             kept: tuple[str, ...], min_kept: float, max_images: int | None = None) -> tuple[dict, list[Path]]:
+    """`score(module, datamodule, out_dir, split_title) -> (metrics, files)` on the data's own test split, then
+    (with `ood_dir`) on the OOD test split, merged as described above. `split_title` names the split in plots."""
+    metrics, files = score(module, first_test_images(datamodule, max_images), Path(out_dir), "test")
     if ood_dir is None:
         return metrics, files
-    ood, ood_files = score(module, ood_datamodule(datamodule, ood_dir), Path(out_dir) / "ood")
+    ood_data = first_test_images(ood_datamodule(datamodule, ood_dir), max_images)
+    ood, ood_files = score(module, ood_data, Path(out_dir) / "ood", "out-of-distribution test")
     for key, value in ood.items():
         metrics["ood/" + key.removeprefix("test/")] = value
     shares = []

@@ -63,16 +63,18 @@ def plot_segmentations(images, masks, preds, class_names, path: str | Path) -> P
 
 
 def evaluate(module, datamodule, out_dir: str | Path, num_classes: int = 4, class_names=None,
-             n_examples: int = 8, ood_dir: str | None = None, ood_min_kept: float = 0.85) -> tuple[dict, list[Path]]:
+             n_examples: int = 8, ood_dir: str | None = None, ood_min_kept: float = 0.85,
+             max_images: int | None = None) -> tuple[dict, list[Path]]:
     """`ood_dir`: also score that COCO folder's test split (`ood/...`, see dlzoo.evaluation.ood)."""
-    def score(module, datamodule, out_dir):
-        return _evaluate(module, datamodule, out_dir, num_classes, class_names, n_examples)
+    def score(module, datamodule, out_dir, split):
+        return _evaluate(module, datamodule, out_dir, num_classes, class_names, n_examples, split)
 
-    return with_ood(score, module, datamodule, out_dir, ood_dir, ("test/miou",), ood_min_kept)
+    return with_ood(score, module, datamodule, out_dir, ood_dir, ("test/miou",), ood_min_kept, max_images)
 
 
 @torch.no_grad()
-def _evaluate(module, datamodule, out_dir, num_classes, class_names, n_examples) -> tuple[dict, list[Path]]:
+def _evaluate(module, datamodule, out_dir, num_classes, class_names, n_examples,
+              split: str = "test") -> tuple[dict, list[Path]]:
     datamodule.setup("test")
     if class_names is None:
         class_names = getattr(datamodule, "category_names", None) or [f"class_{i}" for i in range(num_classes)]
@@ -106,7 +108,7 @@ def _evaluate(module, datamodule, out_dir, num_classes, class_names, n_examples)
     out_dir = Path(out_dir)
     files = [
         plot_segmentations(*zip(*examples), class_names, out_dir / "segmentations.png"),
-        plot_bar(class_names, ious, out_dir / "iou_per_class.png", title=f"test mIoU {metrics['test/miou']:.4f}",
+        plot_bar(class_names, ious, out_dir / "iou_per_class.png", title=f"{split} mIoU {metrics['test/miou']:.4f}",
                  ylabel="IoU", ylim=(0, 1)),
     ]
     return metrics, files

@@ -62,43 +62,29 @@ class TopDownPyramid(nn.Module):
         return OrderedDict(zip(names, fused))
 
 
-def random_flips(images, targets, hflip: float, vflip: float):
-    """Flip each image (and its boxes) left-right / up-down at random: free extra training data."""
-    images, targets = list(images), [dict(t) for t in targets]
-    for i, (image, target) in enumerate(zip(images, targets)):
-        h, w = image.shape[-2:]
-        boxes = target["boxes"]
-        if torch.rand(()) < hflip:
-            image, boxes = image.flip(-1), torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
-        if torch.rand(()) < vflip:
-            image, boxes = image.flip(-2), torch.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], 1)
-        images[i], targets[i]["boxes"] = image, boxes
-    return images, targets
-
-
 class DetectionModule(FamilyModule):
     """Train: the sum of the net's losses. Validate: the same loss, COCO mAP@[.5:.95] and mAP@.5 (pycocotools).
 
-    Optimiser and schedule (`scheduler_interval`) as in every family: see dlzoo/models/base.py.
+    Optimiser and schedule (`scheduler_interval`) as in every family: see dlzoo/models/base.py. Augmentation
+    (flips, photometric distortion) is the data's: `data.module.train_transforms`.
     """
 
-    def __init__(self, net: nn.Module, optimizer, scheduler=None, scheduler_interval: str = "step",
-                 hflip: float = 0.5, vflip: float = 0.0):
+    def __init__(self, net: nn.Module, optimizer, scheduler=None, scheduler_interval: str = "step"):
         super().__init__(net, optimizer, scheduler, scheduler_interval)
-        self.hflip, self.vflip = hflip, vflip
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
 
     def forward(self, images, targets=None):
         return self.net(images, targets)
 
     def training_step(self, batch, batch_idx):
-        images, targets = random_flips(*batch, self.hflip, self.vflip)
+        images, targets = batch
         losses = self.net(images, targets)
         loss = sum(losses.values())
         n = len(images)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        for name, value in losses.items():
-            self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        for name, value in losses.items():  # torchvision's R-CNN names start with loss_, ours do not
+            self.log(f"train/loss_{name.removeprefix('loss_')}", value, on_step=False, on_epoch=True, batch_size=n,
+                     sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -92,22 +92,6 @@ def maskrcnn_small(
     )
 
 
-def random_flips_with_masks(images, targets, hflip: float, vflip: float):
-    """Flip each image, its boxes and its masks left-right / up-down at random."""
-    images, targets = list(images), [dict(t) for t in targets]
-    for i, (image, target) in enumerate(zip(images, targets)):
-        h, w = image.shape[-2:]
-        boxes, masks = target["boxes"], target["masks"]
-        if torch.rand(()) < hflip:
-            image, masks = image.flip(-1), masks.flip(-1)
-            boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
-        if torch.rand(()) < vflip:
-            image, masks = image.flip(-2), masks.flip(-2)
-            boxes = torch.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], 1)
-        images[i], targets[i]["boxes"], targets[i]["masks"] = image, boxes, masks
-    return images, targets
-
-
 def instance_metric_target(target: dict) -> dict:
     """`metric_target` (objects, then crowd regions flagged iscrowd) with their masks, as bool."""
     out = metric_target(target)
@@ -123,23 +107,12 @@ def instance_metric_prediction(pred: dict, threshold: float = 0.5) -> dict:
 
 
 class InstanceSegmentationModule(DetectionModule):
-    """DetectionModule for nets that also predict masks: flips move the masks too, and validation
-    reports COCO box and mask mAP (`val/map` the box mAP@[.5:.95], `val/segm_map` the mask one)."""
+    """DetectionModule for nets that also predict masks (the targets carry them; the data's v2 transforms
+    move them with the pixels): validation reports COCO box and mask mAP (`val/map` the box mAP@[.5:.95], `val/segm_map` the mask one)."""
 
-    def __init__(self, net: nn.Module, optimizer, scheduler=None, scheduler_interval: str = "step",
-                 hflip: float = 0.5, vflip: float = 0.0):
-        super().__init__(net, optimizer, scheduler, scheduler_interval, hflip, vflip)
+    def __init__(self, net: nn.Module, optimizer, scheduler=None, scheduler_interval: str = "step"):
+        super().__init__(net, optimizer, scheduler, scheduler_interval)
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type=("bbox", "segm"), backend="pycocotools")
-
-    def training_step(self, batch, batch_idx):
-        images, targets = random_flips_with_masks(*batch, self.hflip, self.vflip)
-        losses = self.net(images, [{k: t[k] for k in ("boxes", "labels", "masks")} for t in targets])
-        loss = sum(losses.values())
-        n = len(images)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        return loss
 
     def validation_step(self, batch, batch_idx):
         images, targets = batch

@@ -9,7 +9,9 @@
   (sigmoid) score per class: independent classifiers, not a softmax, as in the paper.
 - Targets: each object goes to the one anchor of the nine whose shape fits it best (IoU of the shapes), at
   the cell holding its centre on that anchor's scale: tx = cx / stride - cell_x (predicted through a
-  sigmoid), tw = log(w / anchor_w).
+  sigmoid), tw = log(w / anchor_w). With `anchor_iou_thresh` set, it also goes to every other anchor whose
+  shape IoU with it exceeds that threshold, as ultralytics' YOLOv3 matches (`iou_t`): more positive
+  predictions per object, so objectness and boxes learn in fewer epochs. null keeps the paper's one anchor.
 - Losses (summed over cells, averaged over images): objectness BCE, target 1 for the assigned predictions
   and 0 for the rest, except predictions whose box already overlaps an object by IoU > `ignore_thresh`
   (neither rewarded nor punished); on assigned predictions, BCE on the centre offsets, squared error on
@@ -22,14 +24,12 @@ must minimise 1 - IoU (a Euclidean fit favours large boxes).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import batched_nms, box_convert, box_iou, clip_boxes_to_image
+from torchvision.ops import batched_nms, box_convert, clip_boxes_to_image
 
 from dlzoo.errors import DataError
 from dlzoo.models.detection import DetectionModule, MobileNetFeatures, TopDownPyramid
@@ -62,6 +62,14 @@ def kmeans_anchors(wh: np.ndarray, k: int = 9, seed: int = 0, iterations: int = 
     return centres[np.argsort(centres.prod(1))]
 
 
+def _pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU [B, P, N] of boxes [B, P, 4] and [B, N, 4] (xyxy), image by image: `box_iou` over a batch."""
+    lt, rb = torch.max(a[:, :, None, :2], b[:, None, :, :2]), torch.min(a[:, :, None, 2:], b[:, None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a, area_b = (a[..., 2:] - a[..., :2]).prod(-1), (b[..., 2:] - b[..., :2]).prod(-1)
+    return inter / (area_a[:, :, None] + area_b[:, None, :] - inter).clamp(min=1e-9)
+
+
 class YOLOv3(nn.Module):
     def __init__(
         self,
@@ -73,6 +81,7 @@ class YOLOv3(nn.Module):
         neck_channels: int = 96,
         norm: str = "batch",
         ignore_thresh: float = 0.5,
+        anchor_iou_thresh: float | None = None,
         score_thresh: float = 0.01,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
@@ -84,6 +93,7 @@ class YOLOv3(nn.Module):
             raise ValueError(f"YOLOv3 predicts at {NUM_SCALES} scales: outputs needs {NUM_SCALES} maps, got {len(outputs)}")
         self.num_classes = num_classes - 1
         self.ignore_thresh, self.score_thresh = ignore_thresh, score_thresh
+        self.anchor_iou_thresh = anchor_iou_thresh
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
         self.transform = GeneralizedRCNNTransform(size, size, [0.5] * 3, [0.25] * 3, size_divisible=1, fixed_size=(size, size))
         self.backbone = TopDownPyramid(MobileNetFeatures(channels, strides, outputs, norm), neck_channels, norm)
@@ -130,49 +140,69 @@ class YOLOv3(nn.Module):
         size = out[..., 2:4].clamp(max=6).exp() * self._anchors(scale)[None, :, None, None]
         return torch.cat([centre - size / 2, centre + size / 2], -1)
 
-    def assign(self, gt: torch.Tensor, grid_sizes: list[tuple[int, int]], image_size) -> list[tuple]:
-        """Where each object [N, 4] (xyxy) is predicted: (scale, anchor, cell y, cell x, tx, ty, tw, th) per object,
-        its best-fitting anchor of all nine at the cell holding its centre."""
-        cxcywh = box_convert(gt, "xyxy", "cxcywh")
-        best = shape_iou(cxcywh[:, 2:], self.anchors).argmax(1)
-        out = []
-        for (cx, cy, w, h), k in zip(cxcywh.tolist(), best.tolist()):
-            scale, anchor = divmod(k, ANCHORS_PER_SCALE)
-            gh, gw = grid_sizes[scale]
-            sy, sx = image_size[0] / gh, image_size[1] / gw
-            col, row = min(int(cx / sx), gw - 1), min(int(cy / sy), gh - 1)
-            aw, ah = self.anchors[k].tolist()
-            out.append((scale, anchor, row, col, cx / sx - col, cy / sy - row, math.log(w / aw), math.log(h / ah)))
-        return out
+    def assign(self, gt: torch.Tensor, grid_sizes: list[tuple[int, int]], image_size) -> torch.Tensor:
+        """Where each object [N, 4] (xyxy) is predicted, one row per (object, anchor) pair: [M, 9] float with the
+        columns object index, scale, anchor, cell y, cell x, tx, ty, tw, th; ordered by object, then anchor. An
+        object goes to its best-fitting anchor of all nine (and, with `anchor_iou_thresh`, to every anchor fitting
+        it above that IoU), at the cell holding its centre on that anchor's scale."""
+        cxcywh = box_convert(gt.float(), "xyxy", "cxcywh")
+        ious = shape_iou(cxcywh[:, 2:], self.anchors)
+        chosen = torch.zeros_like(ious, dtype=torch.bool)
+        if self.anchor_iou_thresh is not None:
+            chosen |= ious > self.anchor_iou_thresh
+        chosen[torch.arange(len(gt)), ious.argmax(1)] = True
+        obj, k = chosen.nonzero(as_tuple=True)
+        scale, anchor = k // ANCHORS_PER_SCALE, k % ANCHORS_PER_SCALE
+        grids = torch.tensor(grid_sizes, dtype=torch.float32, device=gt.device)[scale]  # [M, 2] (h, w)
+        stride_y, stride_x = image_size[0] / grids[:, 0], image_size[1] / grids[:, 1]
+        cx, cy, w, h = cxcywh[obj].unbind(1)
+        col = torch.minimum((cx / stride_x).floor(), grids[:, 1] - 1)
+        row = torch.minimum((cy / stride_y).floor(), grids[:, 0] - 1)
+        aw, ah = self.anchors[k].unbind(1)
+        return torch.stack([obj.float(), scale.float(), anchor.float(), row, col, cx / stride_x - col, cy / stride_y - row,
+                            (w / aw).log(), (h / ah).log()], 1)
 
     def loss(self, outs, boxes, targets, image_size) -> dict:
+        """The four terms, summed over predictions and averaged over images; all images of the batch at once (a
+        loop over objects costs more than the network on a CPU)."""
         grid_sizes = [tuple(o.shape[2:4]) for o in outs]
         area = float(image_size[0] * image_size[1])
-        obj_loss, xy_loss, wh_loss, cls_loss = [], [], [], []
-        for i, target in enumerate(targets):
-            gt, labels = target["boxes"], target["labels"] - 1
-            obj_target = [torch.zeros(o.shape[1:4], device=o.device) for o in outs]
-            weight = [torch.ones(o.shape[1:4], device=o.device) for o in outs]
-            for s, b in enumerate(boxes):  # predictions already on an object: not punished as background
-                if len(gt):
-                    overlap = box_iou(b[i].detach().reshape(-1, 4), gt).max(1).values.view(weight[s].shape)
-                    weight[s][overlap > self.ignore_thresh] = 0.0
-            for (s, a, row, col, tx, ty, tw, th), (x0, y0, x1, y1), label in zip(
-                    self.assign(gt, grid_sizes, image_size), gt.tolist(), labels.tolist()):
-                obj_target[s][a, row, col], weight[s][a, row, col] = 1.0, 1.0
-                p = outs[s][i, a, row, col]
-                scale = 2.0 - (x1 - x0) * (y1 - y0) / area
-                xy_loss.append(scale * F.binary_cross_entropy_with_logits(p[:2], p.new_tensor([tx, ty]), reduction="sum"))
-                wh_loss.append(scale * ((p[2:4] - p.new_tensor([tw, th])) ** 2).sum())
-                one_hot = F.one_hot(torch.tensor(label, device=p.device), self.num_classes).float()
-                cls_loss.append(F.binary_cross_entropy_with_logits(p[5:], one_hot, reduction="sum"))
-            for s, o in enumerate(outs):
-                obj_loss.append((F.binary_cross_entropy_with_logits(o[i, ..., 4], obj_target[s], reduction="none")
-                                 * weight[s]).sum())
-        n = len(targets)
-        zero = sum(o.sum() for o in outs) * 0  # keeps the graph when a batch has no objects
-        return {"objectness": sum(obj_loss) / n, "xy": (sum(xy_loss) + zero) / n, "wh": (sum(wh_loss) + zero) / n,
-                "classification": (sum(cls_loss) + zero) / n}
+        n, device = len(targets), outs[0].device
+        counts = [len(t["boxes"]) for t in targets]
+        gt = torch.cat([t["boxes"] for t in targets]).reshape(-1, 4).to(device)
+        labels = torch.cat([t["labels"] for t in targets]).to(device) - 1
+        image_of = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor(counts, device=device))
+        # predictions already on an object of their image: not punished as background (IoU > ignore_thresh)
+        padded = torch.zeros(n, max(counts, default=0), 4, device=device)
+        valid = torch.zeros(n, padded.shape[1], dtype=torch.bool, device=device)
+        for i, t in enumerate(targets):
+            padded[i, : counts[i]], valid[i, : counts[i]] = t["boxes"], True
+        weights, obj_targets = [], []
+        for b in boxes:
+            weight = torch.ones(b.shape[:4], device=device)
+            if padded.shape[1]:
+                overlap = _pairwise_iou(b.detach().flatten(1, 3), padded).masked_fill(~valid[:, None], 0).amax(-1)
+                weight = weight.masked_fill(overlap.view_as(weight) > self.ignore_thresh, 0.0)
+            weights.append(weight)
+            obj_targets.append(torch.zeros_like(weight))
+        rows = self.assign(gt, grid_sizes, image_size)
+        obj, scale, anchor, cell_y, cell_x = rows[:, :5].long().unbind(1)
+        image = image_of[obj]
+        xy_loss = wh_loss = cls_loss = sum(o.sum() for o in outs) * 0  # keeps the graph when a batch has no objects
+        for s, out in enumerate(outs):
+            at = scale == s
+            index = (image[at], anchor[at], cell_y[at], cell_x[at])
+            obj_targets[s][index], weights[s][index] = 1.0, 1.0
+            p, t = out[index], rows[at, 5:].to(out.dtype)
+            wh = gt[obj[at], 2:] - gt[obj[at], :2]
+            small_first = (2.0 - wh.prod(1) / area)[:, None]  # small boxes count more
+            xy_loss = xy_loss + (small_first * F.binary_cross_entropy_with_logits(p[:, :2], t[:, :2], reduction="none")).sum()
+            wh_loss = wh_loss + (small_first * (p[:, 2:4] - t[:, 2:]) ** 2).sum()
+            one_hot = F.one_hot(labels[obj[at]], self.num_classes).to(out.dtype)
+            cls_loss = cls_loss + F.binary_cross_entropy_with_logits(p[:, 5:], one_hot, reduction="sum")
+        obj_loss = sum((F.binary_cross_entropy_with_logits(o[..., 4], t, reduction="none") * w).sum()
+                       for o, t, w in zip(outs, obj_targets, weights))
+        return {"objectness": obj_loss / n, "xy": xy_loss / n, "wh": wh_loss / n, "classification": cls_loss / n}
 
     @torch.no_grad()
     def decode(self, outs, boxes, image_sizes) -> list[dict]:
@@ -191,9 +221,8 @@ class YOLOv3Module(DetectionModule):
     """DetectionModule that fits the net's anchors by k-means over the training boxes when training starts
     (at the net's input size); a module loaded from a checkpoint keeps the anchors it was trained with."""
 
-    def __init__(self, net: YOLOv3, optimizer, scheduler=None, scheduler_interval: str = "step",
-                 hflip: float = 0.5, vflip: float = 0.0, anchor_seed: int = 0):
-        super().__init__(net, optimizer, scheduler, scheduler_interval, hflip, vflip)
+    def __init__(self, net: YOLOv3, optimizer, scheduler=None, scheduler_interval: str = "step", anchor_seed: int = 0):
+        super().__init__(net, optimizer, scheduler, scheduler_interval)
         self.anchor_seed = anchor_seed
 
     def setup(self, stage: str) -> None:
