@@ -16,7 +16,7 @@ import torch
 from conftest import compose_config, mlflow_runs, run_entry
 from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
 from dlzoo.go.game import load_game
-from dlzoo.go.lee import LeeEvaluator, LeeNets, mixed_value, rollout_values
+from dlzoo.go.lee import LeeEvaluator, LeeNets, SensibleEvaluator, mixed_value, own_eyes, rollout_values
 from dlzoo.go.net import ZeroNet
 
 N = 5
@@ -164,3 +164,19 @@ def test_zero_checkpoint_of_another_board_is_one_line(workdir, tmp_path):
     assert str(info.value) == (f"the alphago-zero checkpoint in {tmp_path / 'zero9'} was trained on a 9x9 board, "
                                "this recipe plays 5x5")
     assert not (workdir / "mlflow.db").exists() or mlflow_runs(workdir / "mlflow.db") == []
+
+
+def test_own_eyes_are_the_movers_single_point_eyes_and_get_no_prior():
+    """Black at (0,1) and (1,0) makes (0,0) Black's eye (the board edge counts as Black's); White's two stones at
+    (4,3) and (4,4) make none. Only the player to move is barred from its own eye; the pass never is."""
+    game = load_game(5, 0.5)
+    state = game.new_initial_state()
+    for action in (1, 24, 5, 23):  # B (0,1), W (4,4), B (1,0), W (4,3); Black to move
+        state.apply_action(action)
+    eyes = own_eyes([state], 5)[0]
+    assert eyes.nonzero()[0].tolist() == [0] and not eyes[25]
+    white_to_move = state.clone()
+    white_to_move.apply_action(12)  # B (2,2): now White to move, and (0,0) is not White's eye
+    assert not own_eyes([white_to_move], 5)[0].any()
+    priors, _ = SensibleEvaluator(ZeroNet(5, 8, 1, 8), 5)([state])
+    assert priors[0, 0] == 0 and priors[0].sum() == pytest.approx(1.0) and priors[0, 25] > 0

@@ -110,12 +110,36 @@ def mixed_value(v_theta: np.ndarray, z_rollout: np.ndarray, lam: float) -> np.nd
     return (1.0 - lam) * np.asarray(v_theta, dtype=np.float64) + lam * np.asarray(z_rollout, dtype=np.float64)
 
 
+def own_eyes(states, board_size: int) -> np.ndarray:
+    """[B, N*N + 1] bool: the points that would fill the mover's own eye (an empty point whose on-board orthogonal
+    neighbours are all the mover's stones); the pass is never one. AlphaGo's policy inputs include this
+    "sensibleness" (a move is legal and does not fill its own eye): without it the argmax policy fills its own eyes
+    late in a won game until its groups die, which a random opponent never punishes in self-play but scoring does."""
+    n = board_size
+    out = np.zeros((len(states), n * n + 1), dtype=bool)
+    for i, state in enumerate(states):
+        obs = np.asarray(state.observation_tensor(0), dtype=bool).reshape(4, n, n)  # black, white, empty, white-to-play
+        mine = np.pad(obs[state.current_player()], 1, constant_values=True)  # off the board counts as own
+        eye = obs[2] & mine[:-2, 1:-1] & mine[2:, 1:-1] & mine[1:-1, :-2] & mine[1:-1, 2:]
+        out[i, : n * n] = eye.ravel()
+    return out
+
+
+class SensibleEvaluator(NetEvaluator):
+    """NetEvaluator whose priors give no weight to filling one's own eye (renormalised; the pass stays)."""
+
+    def __call__(self, states) -> tuple[np.ndarray, np.ndarray]:
+        priors, values = super().__call__(states)
+        priors[own_eyes(states, self.board_size)[:, : priors.shape[1]]] = 0.0
+        return priors / priors.sum(axis=1, keepdims=True), values
+
+
 class LeeEvaluator:
     """The leaf evaluator of AlphaGo's search (for dlzoo.go.mcts.search): priors from the SL policy, values
     lambda-mixed from the value network and one rollout of the rollout policy."""
 
     def __init__(self, nets: LeeNets, board_size: int, lam: float, rng: np.random.Generator):
-        self.policy, self.value = NetEvaluator(nets.sl, board_size), NetEvaluator(nets.value, board_size)
+        self.policy, self.value = SensibleEvaluator(nets.sl, board_size), NetEvaluator(nets.value, board_size)
         self.rollout, self.board_size, self.lam, self.rng = nets.rollout.eval(), board_size, float(lam), rng
         self.evaluations, self.seconds = 0, 0.0
 
@@ -196,6 +220,7 @@ def _sample_moves(net: ZeroNet, states, board_size: int, rng: np.random.Generato
     planes = np.stack([encode(s, board_size) for s in states])
     logits = net(torch.from_numpy(planes))[0].numpy().astype(np.float64)
     legal = np.stack([np.asarray(s.legal_actions_mask(), dtype=bool)[: logits.shape[1]] for s in states])
+    legal &= ~own_eyes(states, board_size)[:, : logits.shape[1]]   # sensible moves only (the pass always is)
     gumbel = -np.log(-np.log(rng.random(logits.shape)))
     return [int(a) for a in np.argmax(np.where(legal, logits + gumbel, -np.inf), axis=1)], planes
 
@@ -292,7 +317,7 @@ def train(cfg, ctx, *, expert_games: int, expert_simulations: int, sl_steps: int
 
     def vs_random(net) -> float:
         was_training = net.training
-        played = play_match(game, NetPlayer(NetEvaluator(net, n)), RandomPlayer(), val_games, rng)   # sets eval()
+        played = play_match(game, NetPlayer(SensibleEvaluator(net, n)), RandomPlayer(), val_games, rng)   # sets eval()
         net.train(was_training)
         return float(np.mean([g.a_won for g in played]))
 

@@ -23,7 +23,7 @@ from dlzoo.checkpoints import load_checkpoint
 from dlzoo.errors import ConfigError
 from dlzoo.go.evaluate import rates
 from dlzoo.go.game import load_game
-from dlzoo.go.lee import LeeEvaluator
+from dlzoo.go.lee import LeeEvaluator, SensibleEvaluator
 from dlzoo.go.net import ZeroNet
 from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, RolloutMCTSPlayer, SearchPlayer, play_match
 from dlzoo.go.records import sample_games
@@ -68,8 +68,8 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
         metrics.update(rates(name, played[name]))
         metrics[f"test/seconds_{name}"] = round(time.perf_counter() - t0, 1)
 
-    timed("vs_random_net", NetPlayer(NetEvaluator(model.rl, board_size)), RandomPlayer())
-    timed("vs_random_sl_net", NetPlayer(NetEvaluator(model.sl, board_size)), RandomPlayer())
+    timed("vs_random_net", NetPlayer(SensibleEvaluator(model.rl, board_size)), RandomPlayer())
+    timed("vs_random_sl_net", NetPlayer(SensibleEvaluator(model.sl, board_size)), RandomPlayer())
     timed("vs_random", lee, RandomPlayer())
     timed("vs_mcts", lee, RolloutMCTSPlayer(game, simulations, mcts_uct_c, mcts_rollouts, seed))
     if zero is not None:
