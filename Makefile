@@ -17,6 +17,9 @@ TARGETS ?=
 # The trainer param (params.yaml, cpu by default) is passed to every train stage on its command line, where
 # it would override the full profile's own `trainer: gpu`: so PROFILE=full sets TRAINER=gpu unless given.
 TRAINER ?= $(if $(filter full,$(PROFILE)),gpu,)
+# Recipes that exist on one profile only (e.g. LunarLander on full) have their stages in profiles/<profile>/dvc.yaml,
+# which plain `dvc repro` never reaches: PROFILE=<profile> adds that file to the default targets.
+PIPELINES := $(if $(TARGETS),$(TARGETS),$(if $(wildcard profiles/$(PROFILE)/dvc.yaml),dvc.yaml profiles/$(PROFILE)/dvc.yaml))
 # Every stage command calls `python`: with the venv first on PATH it is the venv's, activated or not;
 # PYTHONPATH makes it import this tree's src/ whichever checkout the venv was installed from.
 RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" PYTHONPATH="$(CURDIR)/src"
@@ -26,7 +29,7 @@ help:
 	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; see README: Timings)"
 	@echo "make repro PROFILE=smoke the same pipeline at smoke size (minutes): try this first"
 	@echo "make repro TARGETS=...  only those stages and their upstream, e.g. TARGETS=evaluate_digits-cnn"
-	@echo "make repro PROFILE=full  the GPU recipes (TRAINER=gpu unless TRAINER=ddp|fsdp is given)"
+	@echo "make repro PROFILE=full  the GPU recipes (TRAINER=gpu unless TRAINER=ddp|fsdp is given), with profiles/full/dvc.yaml"
 	@echo "make test               bootstrap, then run the default test suite (pytest: not slow, not e2e)"
 	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy (~25 min)"
 	@echo "make test-slow          every test, slow and e2e included"
@@ -52,7 +55,7 @@ repro: data
 ifeq ($(PROFILE),)
 	$(RUN) dvc repro $(TARGETS)
 else
-	$(RUN) dvc exp run --set-param profile=$(PROFILE) $(if $(TRAINER),--set-param trainer=$(TRAINER)) $(TARGETS)
+	$(RUN) dvc exp run --set-param profile=$(PROFILE) $(if $(TRAINER),--set-param trainer=$(TRAINER)) $(PIPELINES)
 endif
 
 stages: $(STAMP)

@@ -222,3 +222,16 @@ def test_datamodule_config_errors(tmp_path):
         CocoDataModule(str(tmp_path), task="classification")
     with pytest.raises(ConfigError, match="go together"):
         CocoDataModule(str(tmp_path), train_json="a.json")
+
+
+def test_evaluating_the_first_images_leaves_the_callers_split_whole(shapes):
+    """`eval_limit` (smoke) cuts the evaluated test split to a copy; the DataModule the evaluator was given keeps
+    every test image."""
+    from dlzoo.evaluation.ood import first_test_images
+
+    out, summary = shapes
+    dm = CocoDataModule(str(out), batch_size=2)
+    whole = summary["splits"]["test"]["images"]
+    cut = first_test_images(dm, 1)
+    assert len(cut.datasets["test"]) == 1 and len(dm.datasets["test"]) == whole > 1
+    assert first_test_images(dm, None) is dm and first_test_images(dm, whole) is dm

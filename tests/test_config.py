@@ -92,5 +92,8 @@ def test_make_repro_profile_full_trains_on_the_gpu_trainer():
     assert "--set-param profile=full --set-param trainer=gpu" in dry("PROFILE=full")
     assert "--set-param trainer=fsdp" in dry("PROFILE=full", "TRAINER=fsdp")
     assert "trainer=" not in dry("PROFILE=smoke")
+    # the full profile's own stages (profiles/full/dvc.yaml) join the default pipeline; no other profile has any
+    assert dry("PROFILE=full").endswith(" dvc.yaml profiles/full/dvc.yaml")
+    assert "profiles/" not in dry("PROFILE=smoke") and "profiles/" not in dry("PROFILE=full", "TARGETS=evaluate_digits-cnn")
     assert compose_config("experiment=digits-cnn", "profile=full", "trainer=cpu").trainer.accelerator == "cpu"
     assert compose_config("experiment=digits-cnn", "profile=full", "trainer=gpu").trainer.accelerator == "gpu"

@@ -101,6 +101,22 @@ def test_smoke_fit_through_train_and_evaluate(family, fitted, store):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_lunarlander_recipes_fit_and_evaluate(family, store):
+    """The full profile's LunarLander-v3 recipes (Box2D, installed by pyproject.toml) at smoke size, through the
+    same train and evaluate entry points: the recipe composes, its runner takes its keys, the agent acts."""
+    cfg = _cfg(f"experiment=control-lunarlander-{family}", *SMOKE, *EXTRA.get(family, []),
+               "runner.num_minibatches=2" if family == "ppo" else "runner.val_episodes=2", "evaluator.gif=false")
+    assert cfg.only_profile == "full" and cfg.env.id == "LunarLander-v3"
+    summary = train(cfg)
+    metrics = evaluate(cfg)
+    assert summary["env_id"] == "LunarLander-v3" and summary["env_steps"] >= 1200
+    assert metrics["test/episodes"] == 3 and "baseline/random_return_mean" in metrics
+    assert json.loads((store / f"metrics/control-lunarlander/{family}.json").read_text()) == metrics
+    runs = [r for r in mlflow_runs(store / "mlflow.db") if r["experiment"] == "control-lunarlander" and r["name"] == family]
+    assert sorted(r["tags"]["stage"] for r in runs) == ["evaluate", "train"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_same_seed_same_evaluation_return(family, fitted, store, tmp_path, monkeypatch):
     """Each family's smoke fit again, in another directory: the same checkpoint tensors, the same test returns."""
     monkeypatch.chdir(tmp_path)

@@ -25,8 +25,13 @@ ALLOWED = {
 
 
 @pytest.fixture(scope="module")
-def generated() -> dict:
-    return stage_table.build_stages()
+def tables() -> dict:
+    return stage_table.build_tables()
+
+
+@pytest.fixture(scope="module")
+def generated(tables) -> dict:
+    return {name: stage for table in tables.values() for name, stage in table.items()}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +39,33 @@ def committed() -> dict:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())
 
 
-def test_dvc_yaml_is_generated_from_the_recipes(generated):
-    assert (REPO / "dvc.yaml").read_text() == stage_table.render(generated), "dvc.yaml is stale: run `make stages`"
+def _pipeline_files() -> list[str]:
+    return ["dvc.yaml"] + sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("profiles/*/dvc.yaml"))
+
+
+def test_dvc_yaml_is_generated_from_the_recipes(tables):
+    assert sorted(tables) == _pipeline_files(), "a pipeline file is missing or left over: run `make stages`"
+    for pipeline, stages in tables.items():
+        assert (REPO / pipeline).read_text() == stage_table.render(stages, pipeline), f"{pipeline} is stale: run `make stages`"
+
+
+def test_one_profile_recipes_live_in_their_own_pipeline(tables):
+    """LunarLander (`only_profile: full`) is in profiles/full/dvc.yaml only, pinned to profile=full: plain
+    `dvc repro` (the cpu pipeline) never reaches it, and params.yaml's profile does not stale it."""
+    full = tables["profiles/full/dvc.yaml"]
+    assert not any("lunarlander" in name for name in tables["dvc.yaml"])
+    assert {"train_control-lunarlander-ppo", "evaluate_control-lunarlander-ppo"} <= set(full)
+    for name, stage in full.items():
+        assert stage["wdir"] == "../.." and "profile=full" in stage["cmd"] and "${profile}" not in stage["cmd"]
+        assert "profile" not in stage["params"] and "conf/profile/full.yaml" in stage["deps"]
+        assert not any(d.startswith("conf/scale/smoke/") or "${profile}" in d for d in stage["deps"]), name
+    assert stage_table.render(full, "profiles/full/dvc.yaml").count("- ../../params.yaml") == 1
+    # pinning: the profile named, its config files only, from the root
+    pinned = stage_table.pin_profile({"cmd": "python pipelines/evaluate.py experiment=x profile=${profile}",
+                                      "params": ["profile"], "deps": ["conf/profile/${profile}.yaml",
+                                      "conf/scale/full/x.yaml", "conf/scale/smoke/x.yaml"], "outs": ["o"]}, "full")
+    assert pinned == {"cmd": "python pipelines/evaluate.py experiment=x profile=full", "wdir": "../..", "params": [],
+                      "deps": ["conf/profile/full.yaml", "conf/scale/full/x.yaml"], "outs": ["o"]}
 
 
 def test_every_recipe_has_its_stages(generated):
@@ -82,10 +112,14 @@ def _git_tracked() -> set[str]:
     return set(out.splitlines())
 
 
-def test_lock_records_the_tree(committed):
-    """Every code/config dependency recorded in dvc.lock has the md5 of the file in the tree, each locked stage
-    has the deps, command and params dvc.yaml gives it now. Stages without a lock entry have not run yet."""
-    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+@pytest.mark.parametrize("pipeline", _pipeline_files())
+def test_lock_records_the_tree(pipeline):
+    """Every code/config dependency recorded in a pipeline's lock has the md5 of the file in the tree, each
+    locked stage has the deps, command and params its dvc.yaml gives it now. Stages without a lock entry have
+    not run yet. (Paths are the repository's: a profile's stages run from the root, `wdir: ../..`.)"""
+    lock_file = REPO / pipeline.replace("dvc.yaml", "dvc.lock")
+    lock = yaml.safe_load(lock_file.read_text())["stages"] if lock_file.is_file() else {}
+    committed = yaml.safe_load((REPO / pipeline).read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     tracked = _git_tracked()
     problems = []

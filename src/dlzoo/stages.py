@@ -9,7 +9,12 @@ data and `_target_`s say which stages it gets, and each stage's dependencies are
 - the config files Hydra composed for it (recipe, groups, profile, trainer, scale);
 - its raw data (any `data/...` path in `data.prepare`), its dataset's prepared folder and its parent's outputs.
 
-`python -m dlzoo.stages --check` fails when dvc.yaml differs from what the recipes say (a test runs it).
+A recipe that sets `only_profile: <p>` (e.g. LunarLander, too slow for the cpu budget) gets its stages in
+profiles/<p>/dvc.yaml instead: they run at that profile whatever params.yaml says, from the repository root
+(`wdir`), so `dvc repro` of the default dvc.yaml never reaches them and `make repro PROFILE=<p>` adds the file
+to its targets. DVC has no conditional stages; a second pipeline file is its way to keep stages apart.
+
+`python -m dlzoo.stages --check` fails when a pipeline file differs from what the recipes say (a test runs it).
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ HEADER = """\
 # modules its entry point imports for its recipe (transitively), the config files Hydra composes for it, its data
 # and its parent's outputs.
 """
+PINNED_HEADER = """\
+# The stages of recipes with `only_profile: {profile}`: they run at profile={profile} whatever params.yaml says, from the
+# repository root. `make repro PROFILE={profile}` adds this file to its targets; plain `dvc repro` never reaches it.
+"""
+PIPELINE = "dvc.yaml"
+PROFILES = "profiles"   # profiles/<profile>/dvc.yaml: stages that exist on one profile only
 
 
 # ----------------------------------------------------------------------------- imports
@@ -215,13 +226,23 @@ def prepare_stage(cfg, files: list[Path]) -> dict:
     }
 
 
-def build_stages() -> dict:
+def build_tables() -> dict[str, dict]:
+    """Pipeline file -> its stages: dvc.yaml, and profiles/<p>/dvc.yaml for recipes with `only_profile: <p>`."""
     composer = Composer()
     prepare, train, evaluate, baselines, compress, reports = {}, {}, {}, {}, {}, {}
+    pinned: dict[tuple[str, str], str] = {}   # (stage kind, key) -> the one profile the stage exists on
     for name in recipe_names():
         cfg, files = composer.compose("config", [f"experiment={name}"])
         # A family that owns its loop (an agent in its environment) has no dataset: no prepare stage, no data dep.
         data = cfg.data.name if "data" in cfg else None
+        only = OmegaConf.select(cfg, "only_profile")
+        if only is not None:
+            if not (CONF / "profile" / f"{only}.yaml").is_file():
+                raise ValueError(f"conf/experiment/{name}.yaml: only_profile {only!r} is not a profile in conf/profile/")
+            if data:  # its prepare stage would be shared with, and run at the profile of, the default pipeline
+                raise ValueError(f"conf/experiment/{name}.yaml: only_profile is for families without a dataset")
+            pinned.update({("train", name): only, ("evaluate", name): only, ("compress-report", cfg.task): only})
+            pinned.update({("compress", f"{name}-{method}"): only for method in cfg.compression.methods})
         data_deps = [cfg.data.dir] if data else []
         if data and data not in prepare:
             prepare[data] = prepare_stage(cfg, files)
@@ -288,14 +309,36 @@ def build_stages() -> dict:
             if dep.startswith("artifacts/data/") and extra not in prepare and (CONF / "data" / f"{extra}.yaml").is_file():
                 prepare[extra] = prepare_stage(*composer.compose("config", [f"data={extra}"]))
     cross = four_tasks_stage(composer)
-    stages = {}
+    tables: dict[str, dict] = {PIPELINE: {}}
     for kind, table in (("prepare", prepare), ("train", train), ("evaluate", evaluate), ("baselines", baselines),
                         ("compress", compress), ("compress-report", reports), ("report", cross)):
         for key in sorted(table):
             stage = table[key]
             stage["deps"] = sorted(set(stage["deps"]), key=lambda d: (d.startswith(("artifacts/", "data/")), d))
-            stages[f"{kind}{SEP}{key}"] = stage
-    return stages
+            profile = pinned.get((kind, key))
+            if profile is not None:
+                stage = pin_profile(stage, profile)
+            tables.setdefault(profile_pipeline(profile), {})[f"{kind}{SEP}{key}"] = stage
+    return tables
+
+
+def build_stages() -> dict:
+    """Every stage of every pipeline file (stage names are unique across them)."""
+    return {name: stage for table in build_tables().values() for name, stage in table.items()}
+
+
+def profile_pipeline(profile: str | None) -> str:
+    return PIPELINE if profile is None else f"{PROFILES}/{profile}/{PIPELINE}"
+
+
+def pin_profile(stage: dict, profile: str) -> dict:
+    """The stage of a one-profile recipe: `profile=<profile>` on its command line, that profile's config files
+    only, no `profile` param, run from the repository root (its file lives two folders down)."""
+    deps = [d.replace("${profile}", profile) for d in stage["deps"]
+            if not (d.startswith("conf/scale/") and not d.startswith(f"conf/scale/{profile}/"))]
+    return {"cmd": stage["cmd"].replace("profile=${profile}", f"profile={profile}"), "wdir": "../..",
+            "params": [p for p in stage["params"] if p != "profile"], "deps": deps,
+            **{k: v for k, v in stage.items() if k not in ("cmd", "params", "deps")}}
 
 
 def four_tasks_stage(composer: Composer) -> dict:
@@ -320,7 +363,7 @@ def four_tasks_stage(composer: Composer) -> dict:
     }}
 
 
-def compression_plots(stages: dict) -> list[dict]:
+def compression_plots(stages: dict, prefix: str = "") -> list[dict]:
     """Top-level `plots` (not a stage's, so no stage's hash moves): each task's compression trade-off, size
     against the headline metric, from the table its compress-report stage writes; `dvc plots show` draws it
     and `dvc plots diff` compares it between experiments and commits."""
@@ -331,33 +374,44 @@ def compression_plots(stages: dict) -> list[dict]:
         composer = composer or Composer()
         experiment = stage["cmd"].split("experiment=", 1)[1].split()[0]
         rcfg, _ = composer.compose("compress_report", [f"experiment={experiment}"])
-        table = f"{stage['outs'][0]}/compression.csv"
+        table = f"{prefix}{stage['outs'][0]}/compression.csv"   # top-level plots: paths from the file's folder
         plots.append({f"compression/{rcfg.task}": {
             "template": "scatter", "x": "size_mb", "y": {table: rcfg.report.metric},
             "title": f"{rcfg.task}: compressed variants, file size (MB) against {rcfg.report.metric}"}})
     return plots
 
 
-def render(stages: dict) -> str:
-    return HEADER + yaml.safe_dump({"vars": ["params.yaml"], "stages": stages, "plots": compression_plots(stages)},
-                                   sort_keys=False, width=200)
+def render(stages: dict, pipeline: str = PIPELINE) -> str:
+    up = "../" * (len(Path(pipeline).parts) - 1)   # profiles/<p>/dvc.yaml reads the root's params.yaml
+    header = HEADER if pipeline == PIPELINE else HEADER + PINNED_HEADER.format(profile=Path(pipeline).parent.name)
+    return header + yaml.safe_dump({"vars": [f"{up}params.yaml"], "stages": stages,
+                                    "plots": compression_plots(stages, up)}, sort_keys=False, width=200)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if dvc.yaml is not what the recipes generate")
-    parser.add_argument("--output", default=str(ROOT / "dvc.yaml"))
+    parser.add_argument("--check", action="store_true", help="fail if a pipeline file is not what the recipes generate")
+    parser.add_argument("--root", default=str(ROOT), help="write the pipeline files under this folder")
     args = parser.parse_args(argv)
-    text = render(build_stages())
-    out = Path(args.output)
+    root = Path(args.root)
+    texts = {pipeline: render(stages, pipeline) for pipeline, stages in build_tables().items()}
+    # a profile whose recipes are gone keeps no pipeline file
+    stale = [p.relative_to(root).as_posix() for p in root.glob(f"{PROFILES}/*/{PIPELINE}")
+             if p.relative_to(root).as_posix() not in texts]
     if args.check:
-        if not out.is_file() or out.read_text() != text:
-            print(f"{out} is out of date with conf/experiment/: run `python -m dlzoo.stages`", file=sys.stderr)
-            return 1
-        print(f"{out} is up to date")
-        return 0
-    out.write_text(text)
-    print(f"wrote {out} ({len(yaml.safe_load(text)['stages'])} stages)")
+        wrong = [p for p, text in texts.items() if not (root / p).is_file() or (root / p).read_text() != text] + stale
+        for p in wrong:
+            print(f"{root / p} is out of date with conf/experiment/: run `python -m dlzoo.stages`", file=sys.stderr)
+        if not wrong:
+            print(f"{', '.join(texts)} up to date")
+        return 1 if wrong else 0
+    for p in stale:
+        (root / p).unlink()
+        print(f"removed {root / p}")
+    for p, text in texts.items():
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_text(text)
+        print(f"wrote {root / p} ({len(yaml.safe_load(text)['stages'])} stages)")
     return 0
 
 

@@ -12,6 +12,7 @@ smoke profile's cap, so that the end-to-end test checks every evaluator without 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable
 
@@ -24,12 +25,15 @@ def ood_datamodule(datamodule, ood_dir: str | Path):
 
 
 def first_test_images(datamodule, max_images: int | None):
-    """The DataModule with its test split cut to the first `max_images` images (None: all of them)."""
+    """The DataModule with its test split cut to the first `max_images` images (None: all of them); a cut is a
+    shallow copy, so the caller's DataModule keeps its whole split."""
     datamodule.setup("test")
     test = datamodule.datasets["test"]
-    if max_images is not None and len(test) > max_images:
-        datamodule.datasets["test"] = Subset(test, range(max_images))
-    return datamodule
+    if max_images is None or len(test) <= max_images:
+        return datamodule
+    cut = copy.copy(datamodule)
+    cut.datasets = {**datamodule.datasets, "test": Subset(test, range(max_images))}
+    return cut
 
 
 def with_ood(score: Callable, module, datamodule, out_dir: str | Path, ood_dir: str | Path | None,
