@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from pycocotools.coco import COCO
 
-from dlzoo.data.coco import polygons_mask, rasterize_semantic_mask
+from dlzoo.data.coco import rasterize_semantic_mask
 from conftest import REPO, TINY_SHAPES as TINY
 from dlzoo.data.shapes import DEFAULT_STYLE, _same_class_contacts, prepare
 from dlzoo.errors import ConfigError
@@ -145,13 +145,13 @@ def test_the_out_of_distribution_split_draws_what_training_never_sees():
 
 
 def test_same_class_contacts_count_overlapping_and_touching_pairs_only():
-    def square(x0):
-        return polygons_mask([[x0, 2, x0 + 4, 2, x0 + 4, 6, x0, 6]], 32, 32)
+    def square(x0, category_id=2):
+        return {"category_id": category_id, "segmentation": [[x0, 2, x0 + 4, 2, x0 + 4, 6, x0, 6]]}
     # 2..6 and 6..10 share an edge (touching); 20..24 is apart; 22..26 overlaps it but is another class
-    masks, categories = [square(2), square(6), square(20), square(22)], [2, 2, 2, 1]
-    assert _same_class_contacts(categories, masks) == 1
-    assert _same_class_contacts(categories[:1] + categories[2:], masks[:1] + masks[2:]) == 0
-    assert _same_class_contacts([2, 2], [square(2), square(3)]) == 1  # overlapping
+    shapes = [square(2), square(6), square(20), square(22, category_id=1)]
+    assert _same_class_contacts(shapes, 32) == 1
+    assert _same_class_contacts(shapes[:1] + shapes[2:], 32) == 0
+    assert _same_class_contacts([square(2), square(3)], 32) == 1  # overlapping
 
 
 def test_training_data_has_same_class_instances_that_overlap_or_touch(tmp_path):

@@ -125,8 +125,8 @@ def prepare(
         contacts = 0
         for index in range(counts[split]):
             rng = np.random.default_rng([seed, split_index, index])
-            pixels, shapes, masks = _render_image(rng, image_size, min_objects, max_objects, min_size, top, **style)
-            contacts += _same_class_contacts([s["category_id"] for s in shapes], masks)
+            pixels, shapes = _render_image(rng, image_size, min_objects, max_objects, min_size, top, **style)
+            contacts += _same_class_contacts(shapes, image_size)
             image_id = index + 1
             file_name = f"{image_id:06d}.png"
             Image.fromarray(pixels).save(image_dir / file_name)
@@ -251,9 +251,9 @@ def _draw_distractors(rng: np.random.Generator, pixels: np.ndarray, count: int, 
 
 def _render_image(rng, size, min_objects, max_objects, min_size, max_size, rotate_squares: bool = False,
                   background: str = "gradient", distractors: int = 0,
-                  distractor_kind: str = "strokes") -> tuple[np.ndarray, list[dict], list[np.ndarray]]:
-    """Paint shapes one by one over a background; return the pixels, their annotations (draw order) and each
-    shape's full mask. Distractors go under the shapes, so each shape's pixels stay exactly its mask."""
+                  distractor_kind: str = "strokes") -> tuple[np.ndarray, list[dict]]:
+    """Paint shapes one by one over a background; return the pixels and their annotations (draw order).
+    Distractors go under the shapes, so each shape's pixels stay exactly its mask."""
     if background == "mixed":
         background = "gradient" if rng.uniform() < 0.5 else "stripes"
     paint = {"gradient": _background, "stripes": _stripes, "clouds": _clouds}[background]
@@ -265,7 +265,6 @@ def _render_image(rng, size, min_objects, max_objects, min_size, max_size, rotat
     colors: list[np.ndarray] = []
     boxes = torch.zeros((0, 4), dtype=torch.float64)
     shapes: list[dict] = []
-    masks: list[np.ndarray] = []
     n_objects = int(rng.integers(min_objects, max_objects + 1))
     for _ in range(100 * n_objects):
         if len(shapes) == n_objects:
@@ -295,7 +294,6 @@ def _render_image(rng, size, min_objects, max_objects, min_size, max_size, rotat
         full_areas.append(int(mask.sum()))
         colors.append(color)
         boxes = torch.cat([boxes, box])
-        masks.append(mask)
         shapes.append({
             "category_id": category_id,
             "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
@@ -309,12 +307,13 @@ def _render_image(rng, size, min_objects, max_objects, min_size, max_size, rotat
             f"could not place {min_objects} shapes without heavy overlap in a {size}x{size} image: "
             f"lower data.prepare.min_objects or max_size, or raise image_size"
         )
-    return pixels, shapes, masks
+    return pixels, shapes
 
 
-def _same_class_contacts(categories: list[int], masks: list[np.ndarray]) -> int:
+def _same_class_contacts(shapes: list[dict], size: int) -> int:
     """Pairs of shapes of one class whose full masks overlap or touch (share an edge, 4-neighbours): the cases
     that instance segmentation must split and semantic segmentation merges."""
+    masks = [polygons_mask(s["segmentation"], size, size) for s in shapes]
     grown = []
     for m in masks:  # the mask and its 4-neighbours
         g = m.copy()
@@ -324,8 +323,8 @@ def _same_class_contacts(categories: list[int], masks: list[np.ndarray]) -> int:
         g[:, :-1] |= m[:, 1:]
         grown.append(g)
     return sum(
-        1 for i in range(len(masks)) for j in range(i + 1, len(masks))
-        if categories[i] == categories[j] and (grown[i] & masks[j]).any()
+        1 for i in range(len(shapes)) for j in range(i + 1, len(shapes))
+        if shapes[i]["category_id"] == shapes[j]["category_id"] and (grown[i] & masks[j]).any()
     )
 
 
