@@ -194,7 +194,24 @@ def test_editing_one_model_file_stales_only_its_family(fresh):
 def test_one_command_variant_reruns_only_that_family(fresh):
     dst, _, _ = fresh
     out = dvc("exp", "run", "-S", "conf/experiment/timeseries-sine-gru.yaml:model.net.hidden_size=8", cwd=dst).stdout
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"train_timeseries-sine-gru", "evaluate_timeseries-sine-gru"}
+    # `champions` re-reads every recipe and metrics file, so it follows any variant (seconds, no training)
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"train_timeseries-sine-gru", "evaluate_timeseries-sine-gru",
+                                                                "champions"}
     hidden = [r["params"]["model.net.hidden_size"] for r in mlflow_runs(dst / "mlflow.db")
               if r["tags"]["stage"] == "train" and r["name"] == "gru" and r["experiment"] == "timeseries-sine"]
     assert sorted(hidden) == ["32", "8"]
+
+
+def test_champions_are_the_best_evaluated_family_of_each_task(fresh):
+    """metrics/champions.json names, per task, the family whose metrics file has the best headline number."""
+    dst, _, _ = fresh
+    from dlzoo.results import BASELINES, task_tables
+
+    tasks = task_tables()
+    chosen = metrics_of(dst, "metrics/champions.json")
+    assert chosen and set(chosen) <= {t for t, e in tasks.items() if not e["only_profile"]}
+    for task, entry in chosen.items():
+        families = [f for f in tasks[task]["families"] if f not in BASELINES]
+        values = {f: metrics_of(dst, f"metrics/{task}/{f}.json")[entry["metric"]] for f in families}
+        best = max(values.values()) if entry["mode"] == "max" else min(values.values())
+        assert entry["family"] in families and entry["value"] == values[entry["family"]] == best, task

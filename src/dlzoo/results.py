@@ -47,7 +47,8 @@ def task_tables() -> dict[str, dict]:
         if cfg.family == "baselines":
             continue
         entry = tasks.setdefault(cfg.task, {"metric": cfg.results.metric, "mode": cfg.results.mode,
-                                            "columns": list(cfg.results.columns), "families": [],
+                                            "columns": list(cfg.results.columns), "latency": cfg.results.latency,
+                                            "families": [],
                                             "only_profile": OmegaConf.select(cfg, "only_profile")})
         entry["families"].append(cfg.family)
     for task, entry in tasks.items():

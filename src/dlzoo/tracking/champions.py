@@ -1,0 +1,122 @@
+"""Champions: after the evaluate stages, each task's best family by the headline metric its recipes declare
+(`results.metric`, `results.mode`) gets the registered-model alias `champion`, and every family's registered
+version carries the held-out numbers its evaluate stage measured.
+
+- The choice is read from `metrics/<task>/<family>.json` (the evaluate stages' files; the tasks' baselines are
+  not registered models and do not compete) and written to `metrics/champions.json`, which DVC tracks.
+- In the tracking store, for the latest version of each family's registered model `<task>-<family>`:
+  - version tags: the task's README columns (headline, `results.columns`, `results.latency`) and `metrics_file`;
+  - the same numbers as metrics of the version's MLflow 3 logged model (`model_id`), logged on its train run,
+    so the run's and the model's pages show them beside the training curves (a number already there is not
+    logged again; a changed one is a new point);
+  - the alias `champion` on the task's best family, removed from the others.
+- A family without a registered version in this store (its train stage ran elsewhere, or
+  `tracking.register_model=false` as on the smoke profile) is named in one log line; the choice is still written.
+- Profile-only tasks (`only_profile`) are left out: their stages live in another pipeline file.
+
+    python pipelines/champions.py        (the `champions` stage; `models:/<task>-<family>@champion` afterwards)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from dlzoo.io import write_json
+
+log = logging.getLogger("dlzoo")
+
+ALIAS = "champion"
+
+
+def choose(tasks: dict[str, dict], metrics_dir: Path) -> dict[str, dict]:
+    """task -> {family, metric, mode, value, families: {family: value}} over the families with a metrics file
+    and a finite headline value; ties go to the first family in name order. Tasks with none are left out."""
+    chosen = {}
+    for task, entry in sorted(tasks.items()):
+        metric, mode = entry["metric"], entry["mode"]
+        values = {}
+        for family in sorted(entry["families"]):
+            path = metrics_dir / task / f"{family}.json"
+            if path.is_file():
+                value = json.loads(path.read_text()).get(metric)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    values[family] = float(value)
+        if not values:
+            continue
+        pick = max if mode == "max" else min
+        best = pick(values, key=lambda f: values[f])  # the first of equals, in name order
+        chosen[task] = {"family": best, "metric": metric, "mode": mode, "value": values[best], "families": values}
+    return chosen
+
+
+def logged_model_id(version) -> str | None:
+    """The MLflow 3 logged model behind a registered version: `version.model_id`, which the SQLite store leaves
+    empty for versions made by `log_model(registered_model_name=...)`, else the id in its `models:/m-...` source."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def publish(chosen: dict[str, dict], tasks: dict[str, dict], metrics_dir: Path, tracking_uri: str) -> dict[str, list]:
+    """Tag every family's latest registered version with its numbers and move the `champion` aliases; returns
+    {"published": [...], "missing": [...]} registered-model names."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    done: dict[str, list] = {"published": [], "missing": []}
+    for task, choice in chosen.items():
+        entry = tasks[task]
+        keys = [entry["metric"], *entry["columns"], *([entry["latency"]] if entry.get("latency") else [])]
+        for family in choice["families"]:
+            name = f"{task}-{family}"
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                done["missing"].append(name)
+                continue
+            version = max(versions, key=lambda v: int(v.version))
+            values = json.loads((metrics_dir / task / f"{family}.json").read_text())
+            shown = {k: float(values[k]) for k in keys if isinstance(values.get(k), (int, float))}
+            for key, value in shown.items():
+                client.set_model_version_tag(name, version.version, key, f"{value:.6g}")
+            client.set_model_version_tag(name, version.version, "metrics_file", f"metrics/{task}/{family}.json")
+            model_id = logged_model_id(version)
+            if model_id and version.run_id:
+                # only numbers the model does not carry yet: re-publishing an unchanged evaluation adds no point
+                latest = {}
+                for m in sorted(client.get_logged_model(model_id).metrics or [], key=lambda m: m.timestamp):
+                    latest[m.key] = m.value
+                for key, value in shown.items():
+                    if latest.get(key) != value:
+                        client.log_metric(version.run_id, key, value, step=0, model_id=model_id)
+            aliases = client.get_registered_model(name).aliases
+            if family == choice["family"]:
+                client.set_registered_model_alias(name, ALIAS, version.version)
+            elif ALIAS in aliases:
+                client.delete_registered_model_alias(name, ALIAS)
+            done["published"].append(name)
+    return done
+
+
+def champions(cfg) -> dict:
+    """The `champions` stage: choose, write metrics/champions.json, publish to the store."""
+    from dlzoo.results import BASELINES, task_tables
+    from dlzoo.tracking import resolve_tracking_uri
+
+    metrics_dir = Path(cfg.champions.metrics_dir)
+    tasks = {t: e for t, e in task_tables().items() if not e["only_profile"]}
+    for entry in tasks.values():  # baselines are not registered models
+        entry["families"] = [f for f in entry["families"] if f not in BASELINES]
+    chosen = choose(tasks, metrics_dir)
+    write_json(Path(cfg.champions.out_file), {t: {k: c[k] for k in ("family", "metric", "mode", "value")}
+                                              for t, c in chosen.items()})
+    done = publish(chosen, tasks, metrics_dir, resolve_tracking_uri(cfg.tracking.uri))
+    for task, choice in chosen.items():
+        log.info("champion of %s: %s (%s = %.4g)", task, choice["family"], choice["metric"], choice["value"])
+    if done["missing"]:
+        log.info("not registered in %s (train stage run elsewhere, or tracking.register_model=false): %s",
+                 cfg.tracking.uri, ", ".join(done["missing"]))
+    return {"chosen": chosen, **done}

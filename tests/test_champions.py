@@ -1,0 +1,85 @@
+"""The `champions` stage: each task's best family by its recipes' headline metric gets the registry alias
+`champion`; every registered family version carries the numbers its evaluate stage wrote, as version tags and as
+metrics of its MLflow 3 logged model; the alias moves when another family becomes the best."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import CONF
+from dlzoo.tracking.champions import champions, choose, logged_model_id
+
+
+def _write(metrics_dir, task, family, **values):
+    path = metrics_dir / task / f"{family}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values))
+
+
+def test_choose_follows_each_tasks_direction_and_skips_what_is_missing(tmp_path):
+    _write(tmp_path, "digits", "cnn", **{"test/accuracy": 0.98})
+    _write(tmp_path, "digits", "densenet", **{"test/accuracy": 0.99})
+    _write(tmp_path, "digits", "mobilenet", **{"test/accuracy": 0.99})      # a tie: the first name wins
+    _write(tmp_path, "timeseries-sine", "gru", **{"test/mae": 0.2})
+    _write(tmp_path, "timeseries-sine", "lstm", **{"test/mae": 0.1})
+    _write(tmp_path, "timeseries-sine", "rnn", **{"test/mae": math.nan})     # not a number: not a candidate
+    tasks = {"digits": {"metric": "test/accuracy", "mode": "max", "families": ["mobilenet", "cnn", "densenet", "vgg"]},
+             "timeseries-sine": {"metric": "test/mae", "mode": "min", "families": ["rnn", "gru", "lstm"]},
+             "go-5x5": {"metric": "test/win_rate_vs_mcts", "mode": "max", "families": ["alphago-zero"]}}
+    chosen = choose(tasks, tmp_path)
+    assert chosen["digits"]["family"] == "densenet" and chosen["digits"]["families"] == {
+        "cnn": 0.98, "densenet": 0.99, "mobilenet": 0.99}
+    assert chosen["timeseries-sine"]["family"] == "lstm" and "rnn" not in chosen["timeseries-sine"]["families"]
+    assert "go-5x5" not in chosen  # no metrics file: nothing to choose
+
+
+def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("digits")
+    for family in ("cnn", "mobilenet"):
+        with mlflow.start_run(run_name=family):
+            mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle",
+                                     registered_model_name=f"digits-{family}", pip_requirements=["torch"])
+    metrics = tmp_path / "metrics"
+    _write(metrics, "digits", "cnn", **{"test/accuracy": 0.99, "latency_ms_b1": 0.3, "test/loss": 0.05})
+    _write(metrics, "digits", "mobilenet", **{"test/accuracy": 0.98, "latency_ms_b1": 0.4})
+    _write(metrics, "digits", "densenet", **{"test/accuracy": 0.5})   # evaluated, but trained on another machine
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="champions", overrides=[f"tracking.uri={uri}", f"champions.metrics_dir={metrics}",
+                                                          f"champions.out_file={tmp_path / 'champions.json'}"])
+    GlobalHydra.instance().clear()
+
+    out = champions(cfg)
+    client = MlflowClient(uri)
+    assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == "1"
+    assert sorted(out["published"]) == ["digits-cnn", "digits-mobilenet"]
+    assert "digits-densenet" in out["missing"]  # a family whose model is not in this store is named, not fatal
+    assert json.loads((tmp_path / "champions.json").read_text())["digits"] == {
+        "family": "cnn", "metric": "test/accuracy", "mode": "max", "value": 0.99}
+    version = client.get_model_version("digits-mobilenet", "1")
+    assert version.tags["test/accuracy"] == "0.98" and version.tags["metrics_file"] == "metrics/digits/mobilenet.json"
+    logged = client.get_logged_model(logged_model_id(version))
+    assert {m.key: m.value for m in logged.metrics}["test/accuracy"] == pytest.approx(0.98)
+
+    # mobilenet re-evaluated and now the better one: the alias moves; cnn's unchanged number is not logged twice
+    _write(metrics, "digits", "mobilenet", **{"test/accuracy": 0.995, "latency_ms_b1": 0.4})
+    champions(cfg)
+    assert str(client.get_model_version_by_alias("digits-mobilenet", "champion").version) == "1"
+    assert "champion" not in client.get_registered_model("digits-cnn").aliases
+    cnn = client.get_model_version("digits-cnn", "1")
+    assert [m.value for m in client.get_metric_history(cnn.run_id, "test/accuracy")] == [0.99]
+    mobilenet = client.get_model_version("digits-mobilenet", "1")
+    assert [m.value for m in client.get_metric_history(mobilenet.run_id, "test/accuracy")] == [0.98, 0.995]
+    assert mobilenet.tags["test/accuracy"] == "0.995"
