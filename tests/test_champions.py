@@ -34,7 +34,9 @@ def test_choose_follows_each_tasks_direction_and_skips_what_is_missing(tmp_path)
     chosen = choose(tasks, tmp_path)
     assert chosen["digits"]["family"] == "densenet" and chosen["digits"]["families"] == {
         "cnn": 0.98, "densenet": 0.99, "mobilenet": 0.99}
+    assert chosen["digits"]["runner_up"] == "mobilenet" and chosen["digits"]["runner_up_value"] == 0.99
     assert chosen["timeseries-sine"]["family"] == "lstm" and "rnn" not in chosen["timeseries-sine"]["families"]
+    assert chosen["timeseries-sine"]["runner_up"] == "gru"
     assert "go-5x5" not in chosen  # no metrics file: nothing to choose
 
 
@@ -67,7 +69,8 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     assert sorted(out["published"]) == ["digits-cnn", "digits-mobilenet"]
     assert "digits-densenet" in out["missing"]  # a family whose model is not in this store is named, not fatal
     assert json.loads((tmp_path / "champions.json").read_text())["digits"] == {
-        "family": "cnn", "metric": "test/accuracy", "mode": "max", "value": 0.99}
+        "family": "cnn", "metric": "test/accuracy", "mode": "max", "value": 0.99, "runner_up": "mobilenet",
+        "runner_up_value": 0.98}
     version = client.get_model_version("digits-mobilenet", "1")
     assert version.tags["test/accuracy"] == "0.98" and version.tags["metrics_file"] == "metrics/digits/mobilenet.json"
     logged = client.get_logged_model(logged_model_id(version))
