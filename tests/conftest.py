@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -103,3 +105,43 @@ def shapes(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("shapes")
     return out, prepare(str(out), **TINY_SHAPES)
+
+
+@contextlib.contextmanager
+def served(model_uri: str, tracking_uri: str, cwd: Path, timeout: float = 120):
+    """`mlflow models serve -m <model_uri> --env-manager local` on a free loopback port; yields
+    post(inputs) -> the JSON answer's "predictions". The server is stopped on the way out."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    server = subprocess.Popen([mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], cwd=cwd,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def post(inputs):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": inputs}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-2000:]
+                assert time.monotonic() < deadline, f"mlflow models serve did not answer /ping within {timeout} s"
+                time.sleep(0.5)
+        yield post
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+

@@ -88,27 +88,14 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     assert mobilenet.tags["test/accuracy"] == "0.995"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_the_digits_champion_is_served_offline_and_answers_as_in_process(workdir, make_cfg):
     """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on loopback: the registered
     model (torch.export, no project code needed) answers test images with the logits the loaded model gives."""
-    import os
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     import mlflow
     import torch
 
-    from conftest import prepare_data
+    from conftest import prepare_data, served
     from dlzoo.config import build
     from dlzoo.evaluation.evaluate import evaluate
     from dlzoo.training.train import train
@@ -129,32 +116,8 @@ def test_the_digits_champion_is_served_offline_and_answers_as_in_process(workdir
     images, _ = next(iter(datamodule.test_dataloader()))
     images = images[:4]
     mlflow.set_tracking_uri(uri)
-    expected = mlflow.pytorch.load_model("models:/digits-cnn@champion")(images).detach().numpy()
-
-    port = _free_port()
-    mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    server = subprocess.Popen([mlflow_cli, "models", "serve", "-m", "models:/digits-cnn@champion", "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", str(port)], cwd=workdir,
-                              env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-2000:]
-                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 120 s"
-                time.sleep(0.5)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                         data=json.dumps({"inputs": images.numpy().tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    served = torch.tensor(answer)
-    assert served.shape == (4, 10)
-    assert torch.allclose(served, torch.from_numpy(expected), atol=1e-5)
-    assert (served.argmax(1) == torch.from_numpy(expected).argmax(1)).all()
+    expected = torch.from_numpy(mlflow.pytorch.load_model("models:/digits-cnn@champion")(images).detach().numpy())
+    with served("models:/digits-cnn@champion", uri, workdir) as post:
+        answer = torch.tensor(post(images.numpy().tolist()))
+    assert answer.shape == (4, 10)
+    assert torch.allclose(answer, expected, atol=1e-5) and (answer.argmax(1) == expected.argmax(1)).all()

@@ -297,6 +297,36 @@ def test_translate_cli_end_to_end(exported, monkeypatch, capsys):
     assert "error: no translator" in capsys.readouterr().err
 
 
+
+def test_translator_served_as_text_in_text_out(exported, tmp_path, monkeypatch):
+    """The exported translator wrapped as an MLflow pyfunc (dlzoo.serving: the file, the tokenisers as code,
+    pinned requirements), registered, then `mlflow models serve --env-manager local` on loopback: a list of
+    sentences in, one translation each out, the same as dlzoo.translate in-process; a foreign file is refused
+    before any run is opened."""
+    import mlflow
+
+    from conftest import served
+    from dlzoo.serving import main as serving_main
+
+    _, path = exported
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert serving_main(["--model", str(path), "--register", "translation-en-ja-tiny-text", "--tracking-uri", uri]) == 0
+    module, src_vocab, tgt_vocab, meta = load_translator(path)
+    sentences = ["I can't swim.", "", "swim ."]
+    expected, _ = translate_lines([t.encode() for t in sentences], module, src_vocab, tgt_vocab, meta)
+    assert expected[0] and expected[1] == ""
+    mlflow.set_tracking_uri(uri)
+    assert list(mlflow.pyfunc.load_model("models:/translation-en-ja-tiny-text/1").predict(sentences)) == expected
+    with served("models:/translation-en-ja-tiny-text/1", uri, tmp_path) as post:
+        assert post(sentences) == expected
+
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    runs_before = len(mlflow.search_runs(search_all_experiments=True))
+    assert serving_main(["--model", str(tmp_path / "junk.pt"), "--tracking-uri", uri]) == 2
+    assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
+
+
 # ---- compression hooks (issue 5): dynamic int8 and word-level distillation of translators ---------
 
 def test_dynamic_int8_translator_decodes_and_scripts():
