@@ -232,8 +232,10 @@ def build_tables() -> dict[str, dict]:
     composer = Composer()
     prepare, train, evaluate, baselines, compress, reports = {}, {}, {}, {}, {}, {}
     pinned: dict[tuple[str, str], str] = {}   # (stage kind, key) -> the one profile the stage exists on
+    recipe_files: list[Path] = []              # every config file any recipe loads (the champions stage reads them all)
     for name in recipe_names():
         cfg, files = composer.compose("config", [f"experiment={name}"])
+        recipe_files += files
         # A family that owns its loop (an agent in its environment) has no dataset: no prepare stage, no data dep.
         data = cfg.data.name if "data" in cfg else None
         only = OmegaConf.select(cfg, "only_profile")
@@ -310,7 +312,8 @@ def build_tables() -> dict[str, dict]:
             if dep.startswith("artifacts/data/") and extra not in prepare and (CONF / "data" / f"{extra}.yaml").is_file():
                 prepare[extra] = prepare_stage(*composer.compose("config", [f"data={extra}"]))
     cross = four_tasks_stage(composer)
-    published = champions_stage(composer, [stage for name, stage in evaluate.items() if ("evaluate", name) not in pinned])
+    published = champions_stage(composer, recipe_files,
+                                [stage for name, stage in evaluate.items() if ("evaluate", name) not in pinned])
     tables: dict[str, dict] = {PIPELINE: {}}
     for kind, table in (("prepare", prepare), ("train", train), ("evaluate", evaluate), ("baselines", baselines),
                         ("compress", compress), ("compress-report", reports), ("report", cross)):
@@ -366,14 +369,12 @@ def four_tasks_stage(composer: Composer) -> dict:
     }}
 
 
-def champions_stage(composer: Composer, evaluate_stages: list[dict]) -> dict:
+def champions_stage(composer: Composer, recipe_files: list[Path], evaluate_stages: list[dict]) -> dict:
     """`champions` (conf/champions.yaml): after every evaluate stage of the default pipeline, each task's best
     family gets the registry alias `champion`. It reads their metrics files and composes every recipe (for the
     tasks' headline metrics), so it depends on those files and on every config file the recipes load."""
     cfg, files = composer.compose("champions", [])
-    conf = list(files)
-    for name in recipe_names():
-        conf += composer.compose("config", [f"experiment={name}"])[1]
+    conf = list(files) + recipe_files
     metrics = [next(iter(m)) for stage in evaluate_stages for m in stage["metrics"]]
     deps = _code_deps("pipelines/champions.py", cfg) + _rel(conf) + metrics
     return {
