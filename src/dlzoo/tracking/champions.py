@@ -85,8 +85,9 @@ def publish(chosen: dict[str, dict], tasks: dict[str, dict], metrics_dir: Path, 
             version = max(versions, key=lambda v: int(v.version))
             values = json.loads((metrics_dir / task / f"{family}.json").read_text())
             shown = {k: float(values[k]) for k in keys if isinstance(values.get(k), (int, float))}
-            for key, value in shown.items():
-                client.set_model_version_tag(name, version.version, key, f"{value:.6g}")
+            for key, value in shown.items():  # counts as integers, measurements to 6 significant digits
+                text = str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.6g}"
+                client.set_model_version_tag(name, version.version, key, text)
             client.set_model_version_tag(name, version.version, "metrics_file", f"metrics/{task}/{family}.json")
             model_id = logged_model_id(version)
             if model_id and version.run_id:
