@@ -33,6 +33,21 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: item.path.name != "test_make_repro.py")
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow_experiment_leak():
+    """`mlflow.set_experiment` leaves MLFLOW_EXPERIMENT_ID in os.environ and an active experiment in the process;
+    a later test's `start_run(run_id=...)` in another experiment would then be refused. Restore both."""
+    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    yield
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        fluent._active_experiment_id = None
+    if before is None:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    else:
+        os.environ["MLFLOW_EXPERIMENT_ID"] = before
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A fresh working directory with its own MLflow store."""

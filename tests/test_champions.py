@@ -48,9 +48,9 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("digits")
+    experiment_id = MlflowClient(uri).create_experiment("digits")
     for family in ("cnn", "mobilenet"):
-        with mlflow.start_run(run_name=family):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=family):
             mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle",
                                      registered_model_name=f"digits-{family}", pip_requirements=["torch"])
     metrics = tmp_path / "metrics"

@@ -81,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from dlzoo.tracking import ensure_experiment
+
+    # not mlflow.set_experiment: it exports MLFLOW_EXPERIMENT_ID, which outlives this call in the caller's process
     mlflow.set_tracking_uri(args.tracking_uri)
-    mlflow.set_experiment(args.experiment)
-    with mlflow.start_run(run_name="translator-pyfunc", tags={"stage": "package", "source": str(args.model)}):
+    experiment_id = ensure_experiment(args.experiment, None, args.tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="translator-pyfunc",
+                          tags={"stage": "package", "source": str(args.model)}):
         info = log_translator(args.model, args.register, args.beam)
     print(f"logged {info.model_uri}" + (f" as {args.register}" if args.register else ""))
     return 0
