@@ -88,7 +88,6 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     assert mobilenet.tags["test/accuracy"] == "0.995"
 
 
-
 def test_the_digits_champion_is_served_offline_and_answers_as_in_process(workdir, make_cfg):
     """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on loopback: the registered
     model (torch.export, no project code needed) answers test images with the logits the loaded model gives."""

@@ -47,12 +47,10 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
 
 
 def log_translator(path: str | Path, registered_model_name: str | None = None, beam: int = 1):
-    """Log (and optionally register) the translator file as a pyfunc model in the active run; its ModelInfo."""
+    """Log (and optionally register) the translator file as a pyfunc model in the active run; its ModelInfo.
+    `path` is a file `load_translator` accepts (`main` checks it before it opens the run)."""
     from mlflow.models import infer_signature
 
-    from dlzoo.evaluation.translation import load_translator
-
-    load_translator(path)  # a missing or foreign file stops here with its one-line CheckpointError
     return mlflow.pyfunc.log_model(
         name="model", python_model=TranslatorModel(), artifacts={"translator": str(path)},
         code_paths=[str(PACKAGE_DIR)], model_config={"beam": beam},

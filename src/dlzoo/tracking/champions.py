@@ -32,17 +32,18 @@ ALIAS = "champion"
 
 
 def choose(tasks: dict[str, dict], metrics_dir: Path) -> dict[str, dict]:
-    """task -> {family, metric, mode, value, runner_up, runner_up_value, families: {family: value}} over the
-    families with a metrics file and a finite headline value; ties go to the first family in name order. Tasks
-    with none are left out."""
+    """task -> {family, metric, mode, value, runner_up, runner_up_value, families: {family: value},
+    metrics: {family: its whole metrics file}} over the families with a metrics file and a finite headline
+    value; ties go to the first family in name order. Tasks with none are left out."""
     chosen = {}
     for task, entry in sorted(tasks.items()):
         metric, mode = entry["metric"], entry["mode"]
-        values = {}
+        values, files = {}, {}
         for family in sorted(entry["families"]):
             path = metrics_dir / task / f"{family}.json"
             if path.is_file():
-                value = json.loads(path.read_text()).get(metric)
+                files[family] = json.loads(path.read_text())
+                value = files[family].get(metric)
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     values[family] = float(value)
         if not values:
@@ -52,6 +53,7 @@ def choose(tasks: dict[str, dict], metrics_dir: Path) -> dict[str, dict]:
         ranked = sorted(values, key=lambda f: -values[f] if mode == "max" else values[f])
         best = ranked[0]
         chosen[task] = {"family": best, "metric": metric, "mode": mode, "value": values[best], "families": values,
+                        "metrics": {f: files[f] for f in values},
                         "runner_up": ranked[1] if len(ranked) > 1 else None,
                         "runner_up_value": values[ranked[1]] if len(ranked) > 1 else None}
     return chosen
@@ -66,12 +68,12 @@ def logged_model_id(version) -> str | None:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
-def publish(chosen: dict[str, dict], tasks: dict[str, dict], metrics_dir: Path, tracking_uri: str) -> dict[str, list]:
+def publish(chosen: dict[str, dict], tasks: dict[str, dict], tracking_uri: str) -> dict[str, list]:
     """Tag every family's latest registered version with its numbers and move the `champion` aliases; returns
     {"published": [...], "missing": [...]} registered-model names."""
-    from mlflow import MlflowClient
+    from dlzoo.tracking import client as tracking_client
 
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     done: dict[str, list] = {"published": [], "missing": []}
     for task, choice in chosen.items():
         entry = tasks[task]
@@ -83,7 +85,7 @@ def publish(chosen: dict[str, dict], tasks: dict[str, dict], metrics_dir: Path, 
                 done["missing"].append(name)
                 continue
             version = max(versions, key=lambda v: int(v.version))
-            values = json.loads((metrics_dir / task / f"{family}.json").read_text())
+            values = choice["metrics"][family]
             shown = {k: float(values[k]) for k in keys if isinstance(values.get(k), (int, float))}
             for key, value in shown.items():  # counts as integers, measurements to 6 significant digits
                 text = str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.6g}"
@@ -119,7 +121,7 @@ def champions(cfg) -> dict:
     chosen = choose(tasks, metrics_dir)
     keep = ("family", "metric", "mode", "value", "runner_up", "runner_up_value")
     write_json(Path(cfg.champions.out_file), {t: {k: c[k] for k in keep} for t, c in chosen.items()})
-    done = publish(chosen, tasks, metrics_dir, resolve_tracking_uri(cfg.tracking.uri))
+    done = publish(chosen, tasks, resolve_tracking_uri(cfg.tracking.uri))
     for task, choice in chosen.items():
         log.info("champion of %s: %s (%s = %.4g)", task, choice["family"], choice["metric"], choice["value"])
     if done["missing"]:
