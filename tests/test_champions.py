@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import CONF
+from dlzoo.errors import ConfigError
 from dlzoo.tracking.champions import champions, choose, logged_model_id
 
 
@@ -59,8 +60,10 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     _write(metrics, "digits", "densenet", **{"test/accuracy": 0.5})   # evaluated, but trained on another machine
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        # the trained versions themselves carry the alias here (probability wrappers: the serving test below)
         cfg = compose(config_name="champions", overrides=[f"tracking.uri={uri}", f"champions.metrics_dir={metrics}",
-                                                          f"champions.out_file={tmp_path / 'champions.json'}"])
+                                                          f"champions.out_file={tmp_path / 'champions.json'}",
+                                                          "~champions.probabilities"])
     GlobalHydra.instance().clear()
 
     out = champions(cfg)
@@ -88,11 +91,13 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     assert mobilenet.tags["test/accuracy"] == "0.995"
 
 
-def test_the_digits_champion_is_served_offline_and_answers_as_in_process(workdir, make_cfg):
-    """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on loopback: the registered
-    model (torch.export, no project code needed) answers test images with the logits the loaded model gives."""
+def test_the_digits_champion_is_served_offline_as_class_probabilities(workdir, make_cfg):
+    """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on loopback answers test images
+    with one probability per class name: the softmax of the logits the trained version (torch.export) gives.
+    The champion is a wrapper version made once: re-running the stage adds none."""
     import mlflow
     import torch
+    from mlflow import MlflowClient
 
     from conftest import prepare_data, served
     from dlzoo.config import build
@@ -105,18 +110,44 @@ def test_the_digits_champion_is_served_offline_and_answers_as_in_process(workdir
     evaluate(cfg)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        champions(compose(config_name="champions"))
+        champions_cfg = compose(config_name="champions")
     GlobalHydra.instance().clear()
+    champions(champions_cfg)
+    champions(champions_cfg)  # again: the same wrapper, no new version
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     assert json.loads((workdir / "metrics/champions.json").read_text())["digits"]["family"] == "cnn"
+    client = MlflowClient(uri)
+    versions = {str(v.version): v.tags for v in client.search_model_versions("name='digits-cnn'")}
+    champion = client.get_model_version_by_alias("digits-cnn", "champion")
+    assert sorted(versions, key=int) == ["1", "2"] and str(champion.version) == "2"
+    assert champion.tags["dlzoo.wraps_version"] == "1" and "dlzoo.wraps_version" not in versions["1"]
+    assert champion.tags["test/accuracy"] == versions["1"]["test/accuracy"]  # the numbers on both versions
 
     datamodule = build(cfg.data.module, "data.module")
     datamodule.setup("test")
     images, _ = next(iter(datamodule.test_dataloader()))
     images = images[:4]
     mlflow.set_tracking_uri(uri)
-    expected = torch.from_numpy(mlflow.pytorch.load_model("models:/digits-cnn@champion")(images).detach().numpy())
+    logits = torch.from_numpy(mlflow.pytorch.load_model("models:/digits-cnn/1")(images).detach().numpy())
+    expected = torch.softmax(logits.double(), dim=1)
+    in_process = mlflow.pyfunc.load_model("models:/digits-cnn@champion").predict(images.numpy())
+    assert list(in_process.columns) == [str(d) for d in range(10)]
+    assert torch.allclose(torch.tensor(in_process.to_numpy()), expected, atol=1e-6)
     with served("models:/digits-cnn@champion", uri, workdir) as post:
-        answer = torch.tensor(post(images.numpy().tolist()))
-    assert answer.shape == (4, 10)
-    assert torch.allclose(answer, expected, atol=1e-5) and (answer.argmax(1) == expected.argmax(1)).all()
+        answer = post(images.numpy().tolist())
+    assert len(answer) == 4 and all(list(row) == [str(d) for d in range(10)] for row in answer)
+    probabilities = torch.tensor([[row[str(d)] for d in range(10)] for row in answer], dtype=torch.float64)
+    assert torch.allclose(probabilities.sum(1), torch.ones(4, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(probabilities, expected, atol=1e-6)
+
+
+def test_probabilities_for_an_unknown_task_is_one_line_and_writes_nothing(tmp_path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="champions", overrides=[f"champions.out_file={tmp_path / 'champions.json'}",
+                                                          "+champions.probabilities.digitz=[a,b]"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError) as info:
+        champions(cfg)
+    assert str(info.value) == "champions.probabilities names tasks no recipe has: digitz"
+    assert not (tmp_path / "champions.json").exists()

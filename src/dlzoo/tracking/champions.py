@@ -10,6 +10,9 @@ version carries the held-out numbers its evaluate stage measured.
     so the run's and the model's pages show them beside the training curves (a number already there is not
     logged again; a changed one is a new point);
   - the alias `champion` on the task's best family, removed from the others.
+- For the tasks in `champions.probabilities` (classifiers), the alias goes to a version that answers class
+  probabilities: `dlzoo.tracking.probabilities` wraps the champion's trained version (made once per trained
+  version), so `mlflow models serve -m models:/<task>-<family>@champion` answers a probability per class name.
 - A family without a registered version in this store (its train stage ran elsewhere, or
   `tracking.register_model=false` as on the smoke profile) is named in one log line; the choice is still written.
 - Profile-only tasks (`only_profile`) are left out: their stages live in another pipeline file.
@@ -24,6 +27,9 @@ import logging
 import math
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from dlzoo.errors import ConfigError
 from dlzoo.io import write_json
 
 log = logging.getLogger("dlzoo")
@@ -68,29 +74,37 @@ def logged_model_id(version) -> str | None:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
-def publish(chosen: dict[str, dict], tasks: dict[str, dict], tracking_uri: str) -> dict[str, list]:
-    """Tag every family's latest registered version with its numbers and move the `champion` aliases; returns
+def publish(chosen: dict[str, dict], tasks: dict[str, dict], tracking_uri: str,
+            probabilities: dict[str, list] | None = None) -> dict[str, list]:
+    """Tag every family's latest trained version with its numbers and move the `champion` aliases (for a task
+    in `probabilities`, {task: class names}, to the champion's probability version); returns
     {"published": [...], "missing": [...]} registered-model names."""
     from dlzoo.tracking import client as tracking_client
+    from dlzoo.tracking.probabilities import trained_versions, wrapper_of
 
     client = tracking_client(tracking_uri)
+    probabilities = probabilities or {}
     done: dict[str, list] = {"published": [], "missing": []}
     for task, choice in chosen.items():
         entry = tasks[task]
         keys = [entry["metric"], *entry["columns"], *([entry["latency"]] if entry.get("latency") else [])]
         for family in choice["families"]:
             name = f"{task}-{family}"
-            versions = client.search_model_versions(f"name='{name}'")
+            versions = trained_versions(client.search_model_versions(f"name='{name}'"))
             if not versions:
                 done["missing"].append(name)
                 continue
             version = max(versions, key=lambda v: int(v.version))
             values = choice["metrics"][family]
             shown = {k: float(values[k]) for k in keys if isinstance(values.get(k), (int, float))}
-            for key, value in shown.items():  # counts as integers, measurements to 6 significant digits
-                text = str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.6g}"
-                client.set_model_version_tag(name, version.version, key, text)
-            client.set_model_version_tag(name, version.version, "metrics_file", f"metrics/{task}/{family}.json")
+            served = version
+            if family == choice["family"] and task in probabilities:
+                served = wrapper_of(task, family, version, list(probabilities[task]), tracking_uri, client)
+            for tagged in {version.version: version, served.version: served}.values():
+                for key, value in shown.items():  # counts as integers, measurements to 6 significant digits
+                    text = str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.6g}"
+                    client.set_model_version_tag(name, tagged.version, key, text)
+                client.set_model_version_tag(name, tagged.version, "metrics_file", f"metrics/{task}/{family}.json")
             model_id = logged_model_id(version)
             if model_id and version.run_id:
                 # only numbers the model does not carry yet: re-publishing an unchanged evaluation adds no point
@@ -102,7 +116,7 @@ def publish(chosen: dict[str, dict], tasks: dict[str, dict], tracking_uri: str) 
                         client.log_metric(version.run_id, key, value, step=0, model_id=model_id)
             aliases = client.get_registered_model(name).aliases
             if family == choice["family"]:
-                client.set_registered_model_alias(name, ALIAS, version.version)
+                client.set_registered_model_alias(name, ALIAS, served.version)
             elif ALIAS in aliases:
                 client.delete_registered_model_alias(name, ALIAS)
             done["published"].append(name)
@@ -118,10 +132,15 @@ def champions(cfg) -> dict:
     tasks = {t: e for t, e in task_tables().items() if not e["only_profile"]}
     for entry in tasks.values():  # baselines are not registered models
         entry["families"] = [f for f in entry["families"] if f not in BASELINES]
+    probabilities = cfg.champions.get("probabilities")
+    probabilities = OmegaConf.to_container(probabilities) if probabilities is not None else {}
+    unknown = sorted(set(probabilities) - set(tasks))
+    if unknown:
+        raise ConfigError(f"champions.probabilities names tasks no recipe has: {', '.join(unknown)}")
     chosen = choose(tasks, metrics_dir)
     keep = ("family", "metric", "mode", "value", "runner_up", "runner_up_value")
     write_json(Path(cfg.champions.out_file), {t: {k: c[k] for k in keep} for t, c in chosen.items()})
-    done = publish(chosen, tasks, resolve_tracking_uri(cfg.tracking.uri))
+    done = publish(chosen, tasks, resolve_tracking_uri(cfg.tracking.uri), probabilities)
     for task, choice in chosen.items():
         log.info("champion of %s: %s (%s = %.4g)", task, choice["family"], choice["metric"], choice["value"])
     if done["missing"]:
