@@ -110,6 +110,37 @@ def sqlite_ok(db: Path) -> bool:
         return con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def changed_keys(full: list[str], cut: list[str]) -> set[str]:
+    """The resolved config keys whose values differ between two compositions."""
+    from dlzoo.tracking import flat_params
+
+    a, b = flat_params(compose_config(*full)), flat_params(compose_config(*cut))
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def replay_sgf(path, board_size: int) -> int:
+    """Replay an SGF sample game with OpenSpiel's rules on `board_size` (sgfmill's (row, col): row 0 is the first
+    line, as action r * N + c); every move is legal, the game ends, and its result is the one recorded. The moves."""
+    from sgfmill import sgf
+
+    from dlzoo.go.game import load_game
+
+    record = sgf.Sgf_game.from_bytes(path.read_bytes())
+    assert record.get_size() == board_size
+    state = load_game(board_size, float(record.get_root().get("KM"))).new_initial_state()
+    moves = [node.get_move() for node in record.get_main_sequence()[1:]]
+    for colour, point in moves:
+        assert colour == "bw"[state.current_player()]
+        action = board_size * board_size if point is None else point[0] * board_size + point[1]
+        assert point is None or max(point) < board_size
+        assert action in state.legal_actions()
+        state.apply_action(action)
+    assert state.is_terminal()
+    black = state.returns()[0]
+    assert record.get_root().get("RE") == ("B+" if black > 0 else "W+" if black < 0 else "0")
+    return len(moves)
+
+
 # A few tiny generated COCO splits, shared by the COCO-module and generator tests.
 TINY_SHAPES = dict(image_size=64, n_train=6, n_val=2, n_test=2, max_objects=4, seed=3)
 

@@ -102,6 +102,68 @@ def test_a_smoke_training_runs_as_a_slurm_job(prepared, slurm):
                                                   else run["metrics"][summary["monitor"]], abs=0.05)
 
 
+def test_a_preempted_slurm_job_is_requeued_and_resumes_where_it_stopped(prepared, slurm, tmp_path):
+    """Pre-emption as SLURM announces it (the `--signal` of the launcher config, SIGUSR2, sent here with
+    `scancel --signal` once the first epoch is done): submitit requeues the job, the requeued job resumes from
+    the runner's resume point in the same MLflow run, and ends with an uninterrupted run's weights and history."""
+    from mlflow import MlflowClient
+
+    epochs = 12
+    common = [*SMOKE, f"trainer.max_epochs={epochs}"]
+    slurm_dir, straight_dir = tmp_path / "slurm", tmp_path / "straight"
+    store = f"sqlite:///{tmp_path / 'slurm.db'}"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_STAGE")}, **slurm}
+    job = subprocess.Popen([sys.executable, str(TRAIN), "-m", *common, "hydra/launcher=slurm", f"tracking.uri={store}",
+                            f"paths.model_dir={slurm_dir}/model", f"paths.plots_dir={slurm_dir}/plots",
+                            f"hydra.sweep.dir={slurm_dir}/multirun", "hydra.launcher.cpus_per_task=1",
+                            "hydra.launcher.mem_gb=null"], cwd=prepared, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    point = slurm_dir / "model.resume" / "resume.json"
+    deadline = time.monotonic() + 300
+    while not point.exists():  # the first epoch's resume point is committed
+        assert job.poll() is None, job.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no resume point within 300 s"
+        time.sleep(0.2)
+    job_id = subprocess.run(["squeue", "--noheader", "-o", "%i", "-n", "train"], env=env, capture_output=True,
+                            text=True, check=True).stdout.split()[0]
+    subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True, timeout=60)
+    # SLURM holds a requeued job for about two minutes (its BeginTime); release it as an administrator would
+    for _ in range(240):
+        state = subprocess.run(["squeue", "--noheader", "-o", "%T", "-j", job_id], env=env, capture_output=True,
+                               text=True).stdout.strip()
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True, timeout=60)
+            break
+        time.sleep(0.5)
+    _, err = job.communicate(timeout=600)
+    assert job.returncode == 0, err[-3000:]
+    straight = subprocess.run([sys.executable, str(TRAIN), *common, f"tracking.uri=sqlite:///{tmp_path / 'straight.db'}",
+                               f"paths.model_dir={straight_dir}/model", f"paths.plots_dir={straight_dir}/plots",
+                               "hydra.run.dir=outputs/straight"], cwd=prepared, env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    a = torch_load(slurm_dir / "model/best.ckpt")
+    b = torch_load(straight_dir / "model/best.ckpt")
+    assert all(a[k].equal(b[k]) for k in b) and a.keys() == b.keys()
+    client, twin = MlflowClient(store), MlflowClient(f"sqlite:///{tmp_path / 'straight.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("binary-addition").experiment_id])
+    (other,) = twin.search_runs([twin.get_experiment_by_name("binary-addition").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["slurm.job_id"] == job_id
+    assert run.data.tags["dlzoo.resumes"] == "1" and run.data.tags["slurm.restart_count"] == "1"
+    for key in other.data.metrics:  # the same points: none missing, none repeated
+        history = [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+        assert history == [(m.step, m.value) for m in sorted(twin.get_metric_history(other.info.run_id, key),
+                                                                key=lambda m: m.step)], key
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == epochs
+
+
+def torch_load(path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
 def test_eight_concurrent_trainings_are_all_recorded(prepared, tmp_path):
     """Eight smoke trainings at once (submitit's local executor) into one fresh SQLite store: all eight
     runs FINISHED, each with its full learning curve, its own seed and checkpoint."""

@@ -1,18 +1,21 @@
 """AlphaGo Zero on 5x5 Go (dlzoo/go/): the search finds a one-move win and the one move that saves a lost
 game, the symmetry augmentation keeps each policy target on its board, a smoke self-play -> train -> arena
-loop runs through the pipeline's own train and evaluate entry points, and bad input (a board size the recipe
+loop runs through the pipeline's own train and evaluate entry points (on 5x5, and on the full profile's 9x9 board at a
+budget of seconds), and bad input (a board size the recipe
 does not support, a checkpoint of another board) stops with a one-line error and leaves no MLflow run."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config, mlflow_runs, run_entry
+from conftest import changed_keys, compose_config, mlflow_runs, replay_sgf, run_entry
 from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
+from dlzoo.config import build
 from dlzoo.go.evaluate import elo_fit, wilson
 from dlzoo.go.game import augment, encode, load_game, transform_board, transform_policy
 from dlzoo.go.mcts import search, uniform_evaluator
@@ -152,6 +155,72 @@ def test_smoke_self_play_train_arena_loop(smoke_run):
     assert record.get_size() == 5 and len(record.get_main_sequence()) > 1
     runs = mlflow_runs(cwd / "mlflow.db")
     assert {(r["experiment"], r["name"], r["status"]) for r in runs} == {("go-5x5", "alphago-zero", "FINISHED")}
+
+
+# profile=full (conf/scale/full/go-5x5-alphago-zero.yaml: the 9x9 board, 64 channels, 6 blocks) with only its budgets cut
+# to seconds, the tower narrowed too (64 x 6 made this test 37 s, 16 x 2 makes it 20 s on two cores; every shape is read
+# from the config, so the 9x9 path is the same). trainer=cpu: the full profile picks trainer=gpu, which the train
+# stage refuses on a machine without CUDA; the Go runner and evaluator compute on the CPU whatever the trainer says
+# (scripts/gpu_check.py notes the same).
+FULL_9X9_BUDGET = ["runner.generations=2", "runner.games_per_generation=2", "runner.simulations=2",
+                   "runner.train_steps=2", "runner.batch_size=32", "runner.arena_games=2", "runner.arena_simulations=2",
+                   "runner.val_games=2", "evaluator.games=2", "evaluator.simulations=2", "evaluator.elo_players=2",
+                   "evaluator.elo_games=2", "evaluator.elo_simulations=2", "evaluator.sgf_games=1",
+                   "model.channels=16", "model.blocks=2"]
+FULL_9X9 = ["experiment=go-5x5-alphago-zero", "profile=full", "trainer=cpu", "tracking.log_model=false", *FULL_9X9_BUDGET]
+
+
+def test_full_profile_plays_9x9_through_train_and_evaluate(tmp_path):
+    """The full profile's 9x9 recipe (no GPU run was ever made of it) at a budget of seconds: the train and evaluate
+    stages as DVC runs them, the checkpoint a 9x9 network, every pairing's rates in range, 9x9 SGF games that replay."""
+    full = compose_config("experiment=go-5x5-alphago-zero", "profile=full")
+    assert full.game.board_size == 9 and (full.model.channels, full.model.blocks) == (64, 6)
+    logits, _ = build(full.model, "model")(torch.zeros(2, 4, 9, 9))   # the full tower itself, on 9x9 planes
+    assert logits.shape == (2, 9 * 9 + 1)
+    budget = {o.split("=")[0] for o in FULL_9X9_BUDGET}   # nothing else changes (the cpu trainer's two keys aside)
+    assert changed_keys(["experiment=go-5x5-alphago-zero", "profile=full"], FULL_9X9) == budget | {
+        "tracking.log_model", "trainer.accelerator", "trainer.precision"}
+    train = run_entry("train", *FULL_9X9, cwd=tmp_path, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    evaluate = run_entry("evaluate", *FULL_9X9, cwd=tmp_path, timeout=300)
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    model_dir = tmp_path / "artifacts/models/go-5x5-alphago-zero"
+    summary = json.loads((model_dir / "train_summary.json").read_text())
+    assert summary["board_size"] == 9 and summary["generations"] == 2 and summary["stopped_by"] == "generations"
+    assert summary["selfplay_positions"] > 0 and summary["net_evals_per_s"] > 0
+    checkpoint = torch.load(model_dir / "best.ckpt", weights_only=True)
+    state = checkpoint["state_dict"]
+    assert checkpoint["board_size"] == 9 and int(state["trained_board_size"]) == 9
+    assert checkpoint["generation"] == summary["best_generation"]
+    assert state["stem.0.weight"].shape == (16, 4, 3, 3)                        # the configured width ...
+    assert len({k.split(".")[1] for k in state if k.startswith("tower.")}) == 2  # ... and depth
+    from dlzoo.go.evaluate import load_zero_net
+
+    net = load_zero_net(model_dir / "best.ckpt")
+    logits, value = net(torch.from_numpy(encode(load_game(9, 0.5).new_initial_state(), 9))[None])
+    assert logits.shape == (1, 9 * 9 + 1) and value.shape == (1,)
+    assert sorted(p.name for p in (model_dir / "generations").glob("*.pt")) == ["gen_000.pt", "gen_001.pt", "gen_002.pt"]
+    metrics = json.loads((tmp_path / "metrics/go-5x5/alphago-zero.json").read_text())
+    for name in ("vs_random", "vs_random_net", "vs_mcts", "last_vs_first"):
+        for colour in ("", "_as_black", "_as_white"):
+            key = f"test/win_rate_{name}{colour}"
+            assert 0 <= metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"] <= 1
+        assert metrics[f"test/games_{name}"] == 2 and 0 <= metrics[f"test/draw_rate_{name}"] <= 1
+    assert metrics["test/simulations"] == 2 and metrics["test/net_evals_per_s"] > 0
+    assert metrics["test/elo_first"] == 0 and np.isfinite(metrics["test/elo_last"])
+    assert metrics["train/generations"] == 2 and metrics["num_params"] == summary["num_params"]
+    assert {metrics[f"accept/{k}"] for k in ("win_rate_vs_random", "win_rate_vs_random_net", "win_rate_vs_mcts",
+                                             "win_rate_last_vs_first")} <= {0.0, 1.0}
+    reports = tmp_path / "artifacts/reports/go-5x5-alphago-zero"
+    moves = replay_sgf(reports / "vs_mcts_game0.sgf", 9)
+    with open(reports / "vs_mcts_games.csv") as f:
+        assert int(next(csv.DictReader(f))["moves"]) == moves
+    assert (reports / "vs_mcts_game0.png").is_file() and (reports / "elo.png").is_file()
+    runs = mlflow_runs(tmp_path / "mlflow.db")
+    assert {(r["name"], r["tags"].get("stage"), r["status"]) for r in runs} == {
+        ("alphago-zero", "train", "FINISHED"), ("alphago-zero", "evaluate", "FINISHED")}
+    assert all(r["tags"]["profile"] == "full" and r["params"]["game.board_size"] == "9"
+               and r["params"]["model.channels"] == "16" for r in runs)
 
 
 def _cfg(*overrides):

@@ -1,6 +1,7 @@
 """AlphaGo (Lee) on 5x5 Go (dlzoo/go/lee.py): the search's leaf value is the lambda-mix of the value network and a
 rollout of the rollout policy, the rollout policy plays only legal moves to the game's end, a smoke train -> evaluate
-runs through the pipeline's own entry points (Lee against a stand-in alphago-zero checkpoint), and bad input (a board
+runs through the pipeline's own entry points (Lee against a stand-in alphago-zero checkpoint; on 5x5, and on the full
+profile's 9x9 board at a budget of seconds), and bad input (a board
 size the recipe does not support, a lambda outside [0, 1], an alphago-zero checkpoint of another board) stops with a
 one-line error."""
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config, mlflow_runs, run_entry
+from conftest import changed_keys, compose_config, mlflow_runs, replay_sgf, run_entry
 from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
 from dlzoo.go.game import load_game
 from dlzoo.go.lee import LeeEvaluator, LeeNets, SensibleEvaluator, mixed_value, own_eyes, rollout_values
@@ -129,6 +130,65 @@ def test_smoke_train_evaluate(smoke_run):
     assert (cwd / "artifacts/reports/go-5x5-alphago-lee/vs_mcts_game0.png").is_file()
     runs = mlflow_runs(cwd / "mlflow.db")
     assert {(r["experiment"], r["name"], r["status"]) for r in runs} == {("go-5x5", "alphago-lee", "FINISHED")}
+
+
+# profile=full (conf/scale/full/go-5x5-alphago-lee.yaml: the 9x9 board, 64 channels, 6 blocks) with only its budgets cut
+# to seconds, the towers narrowed too (every shape is read from the config); trainer=cpu as in tests/test_go.py's
+# full-profile test (the full profile's trainer=gpu is refused without CUDA; the Go runners compute on the CPU).
+FULL_9X9_BUDGET = ["runner.expert_games=2", "runner.expert_simulations=2", "runner.sl_steps=2", "runner.rollout_steps=2",
+                   "runner.batch_size=32", "runner.rl_iterations=2", "runner.rl_games=2", "runner.pool_every=1",
+                   "runner.value_games=8", "runner.value_steps=2", "runner.simulations=2", "runner.val_games=2",
+                   "runner.search_val_games=2", "evaluator.games=2", "evaluator.simulations=2", "evaluator.sgf_games=1",
+                   "model.channels=16", "model.blocks=2"]
+FULL_9X9 = ["experiment=go-5x5-alphago-lee", "profile=full", "trainer=cpu", "tracking.log_model=false", *FULL_9X9_BUDGET]
+
+
+def test_full_profile_plays_9x9_through_train_and_evaluate(tmp_path):
+    """The full profile's 9x9 recipe (no GPU run was ever made of it) at a budget of seconds: the train and evaluate
+    stages as DVC runs them (Lee against a stand-in 9x9 alphago-zero checkpoint), the checkpoint's four models for a
+    9x9 board, every pairing's rates in range, 9x9 SGF games that replay."""
+    full = compose_config("experiment=go-5x5-alphago-lee", "profile=full")
+    assert full.game.board_size == 9 and (full.model.channels, full.model.blocks) == (64, 6)
+    budget = {o.split("=")[0] for o in FULL_9X9_BUDGET}   # nothing else changes (the cpu trainer's two keys aside)
+    assert changed_keys(["experiment=go-5x5-alphago-lee", "profile=full"], FULL_9X9) == budget | {
+        "tracking.log_model", "trainer.accelerator", "trainer.precision"}
+    _stand_in_zero(tmp_path / "artifacts/models/go-5x5-alphago-zero", board_size=9)
+    train = run_entry("train", *FULL_9X9, cwd=tmp_path, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    evaluate = run_entry("evaluate", *FULL_9X9, cwd=tmp_path, timeout=300)
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    model_dir = tmp_path / "artifacts/models/go-5x5-alphago-lee"
+    summary = json.loads((model_dir / "train_summary.json").read_text())
+    assert summary["board_size"] == 9 and summary["expert_positions"] > 0 and summary["value_positions"] > 0
+    assert summary["rl_pool_size"] == 3
+    checkpoint = torch.load(model_dir / "best.ckpt", weights_only=True)
+    state = checkpoint["state_dict"]
+    assert checkpoint["board_size"] == 9 and checkpoint["lam"] == 0.5
+    assert all(int(state[f"{m}.trained_board_size"]) == 9 and state[f"{m}.stem.0.weight"].shape == (16, 4, 3, 3)
+               for m in ("sl", "rl", "value"))
+    assert state["rollout.linear.weight"].shape == (9 * 9 + 1, 2 * 9 * 9 + 1)   # the rollout policy's 9x9 features
+    nets = LeeNets(9, channels=16, blocks=2)
+    nets.load_state_dict(state)
+    logits, value = nets(torch.zeros(1, 4, 9, 9))
+    assert nets.board_size == 9 and logits.shape == (1, 9 * 9 + 1) and value.shape == (1,)
+    curve = (tmp_path / "plots/go-5x5/alphago-lee/learning_curve.csv").read_text().splitlines()
+    assert len(curve) == 1 + 7
+    metrics = json.loads((tmp_path / "metrics/go-5x5/alphago-lee.json").read_text())
+    for name in ("vs_random", "vs_random_net", "vs_random_sl_net", "vs_mcts", "vs_zero"):
+        for colour in ("", "_as_black", "_as_white"):
+            key = f"test/win_rate_{name}{colour}"
+            assert 0 <= metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"] <= 1
+        assert metrics[f"test/games_{name}"] == 2 and 0 <= metrics[f"test/draw_rate_{name}"] <= 1
+    assert metrics["test/lambda"] == 0.5 and metrics["test/simulations"] == 2 and metrics["test/leaf_evals_per_s"] > 0
+    assert {metrics[f"accept/{k}"] for k in ("win_rate_vs_random", "win_rate_vs_random_net", "win_rate_vs_mcts")} <= {0.0, 1.0}
+    reports = tmp_path / "artifacts/reports/go-5x5-alphago-lee"
+    assert replay_sgf(reports / "vs_zero_game0.sgf", 9) > 1 and replay_sgf(reports / "vs_mcts_game0.sgf", 9) > 1
+    assert (reports / "vs_mcts_game0.png").is_file() and (reports / "vs_zero_game0.png").is_file()
+    runs = mlflow_runs(tmp_path / "mlflow.db")
+    assert {(r["name"], r["tags"].get("stage"), r["status"]) for r in runs} == {
+        ("alphago-lee", "train", "FINISHED"), ("alphago-lee", "evaluate", "FINISHED")}
+    assert all(r["tags"]["profile"] == "full" and r["params"]["game.board_size"] == "9"
+               and r["params"]["model.channels"] == "16" for r in runs)
 
 
 def _cfg(*overrides):
