@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import changed_keys, compose_config, mlflow_runs, replay_sgf, run_entry
+from conftest import compose_config, mlflow_runs, replay_sgf, run_entry, run_full_profile_9x9
 from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
 from dlzoo.config import build
 from dlzoo.go.evaluate import elo_fit, wilson
@@ -167,28 +167,18 @@ FULL_9X9_BUDGET = ["runner.generations=2", "runner.games_per_generation=2", "run
                    "runner.val_games=2", "evaluator.games=2", "evaluator.simulations=2", "evaluator.elo_players=2",
                    "evaluator.elo_games=2", "evaluator.elo_simulations=2", "evaluator.sgf_games=1",
                    "model.channels=16", "model.blocks=2"]
-FULL_9X9 = ["experiment=go-5x5-alphago-zero", "profile=full", "trainer=cpu", "tracking.log_model=false", *FULL_9X9_BUDGET]
 
 
 def test_full_profile_plays_9x9_through_train_and_evaluate(tmp_path):
     """The full profile's 9x9 recipe (no GPU run was ever made of it) at a budget of seconds: the train and evaluate
     stages as DVC runs them, the checkpoint a 9x9 network, every pairing's rates in range, 9x9 SGF games that replay."""
     full = compose_config("experiment=go-5x5-alphago-zero", "profile=full")
-    assert full.game.board_size == 9 and (full.model.channels, full.model.blocks) == (64, 6)
     logits, _ = build(full.model, "model")(torch.zeros(2, 4, 9, 9))   # the full tower itself, on 9x9 planes
     assert logits.shape == (2, 9 * 9 + 1)
-    budget = {o.split("=")[0] for o in FULL_9X9_BUDGET}   # nothing else changes (the cpu trainer's two keys aside)
-    assert changed_keys(["experiment=go-5x5-alphago-zero", "profile=full"], FULL_9X9) == budget | {
-        "tracking.log_model", "trainer.accelerator", "trainer.precision"}
-    train = run_entry("train", *FULL_9X9, cwd=tmp_path, timeout=300)
-    assert train.returncode == 0, train.stderr[-2000:]
-    evaluate = run_entry("evaluate", *FULL_9X9, cwd=tmp_path, timeout=300)
-    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    summary, checkpoint = run_full_profile_9x9("go-5x5-alphago-zero", FULL_9X9_BUDGET, tmp_path)
     model_dir = tmp_path / "artifacts/models/go-5x5-alphago-zero"
-    summary = json.loads((model_dir / "train_summary.json").read_text())
     assert summary["board_size"] == 9 and summary["generations"] == 2 and summary["stopped_by"] == "generations"
     assert summary["selfplay_positions"] > 0 and summary["net_evals_per_s"] > 0
-    checkpoint = torch.load(model_dir / "best.ckpt", weights_only=True)
     state = checkpoint["state_dict"]
     assert checkpoint["board_size"] == 9 and int(state["trained_board_size"]) == 9
     assert checkpoint["generation"] == summary["best_generation"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import changed_keys, compose_config, mlflow_runs, replay_sgf, run_entry
+from conftest import compose_config, mlflow_runs, replay_sgf, run_entry, run_full_profile_9x9
 from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
 from dlzoo.go.game import load_game
 from dlzoo.go.lee import LeeEvaluator, LeeNets, SensibleEvaluator, mixed_value, own_eyes, rollout_values
@@ -140,28 +140,17 @@ FULL_9X9_BUDGET = ["runner.expert_games=2", "runner.expert_simulations=2", "runn
                    "runner.value_games=8", "runner.value_steps=2", "runner.simulations=2", "runner.val_games=2",
                    "runner.search_val_games=2", "evaluator.games=2", "evaluator.simulations=2", "evaluator.sgf_games=1",
                    "model.channels=16", "model.blocks=2"]
-FULL_9X9 = ["experiment=go-5x5-alphago-lee", "profile=full", "trainer=cpu", "tracking.log_model=false", *FULL_9X9_BUDGET]
 
 
 def test_full_profile_plays_9x9_through_train_and_evaluate(tmp_path):
     """The full profile's 9x9 recipe (no GPU run was ever made of it) at a budget of seconds: the train and evaluate
     stages as DVC runs them (Lee against a stand-in 9x9 alphago-zero checkpoint), the checkpoint's four models for a
     9x9 board, every pairing's rates in range, 9x9 SGF games that replay."""
-    full = compose_config("experiment=go-5x5-alphago-lee", "profile=full")
-    assert full.game.board_size == 9 and (full.model.channels, full.model.blocks) == (64, 6)
-    budget = {o.split("=")[0] for o in FULL_9X9_BUDGET}   # nothing else changes (the cpu trainer's two keys aside)
-    assert changed_keys(["experiment=go-5x5-alphago-lee", "profile=full"], FULL_9X9) == budget | {
-        "tracking.log_model", "trainer.accelerator", "trainer.precision"}
     _stand_in_zero(tmp_path / "artifacts/models/go-5x5-alphago-zero", board_size=9)
-    train = run_entry("train", *FULL_9X9, cwd=tmp_path, timeout=300)
-    assert train.returncode == 0, train.stderr[-2000:]
-    evaluate = run_entry("evaluate", *FULL_9X9, cwd=tmp_path, timeout=300)
-    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    summary, checkpoint = run_full_profile_9x9("go-5x5-alphago-lee", FULL_9X9_BUDGET, tmp_path)
     model_dir = tmp_path / "artifacts/models/go-5x5-alphago-lee"
-    summary = json.loads((model_dir / "train_summary.json").read_text())
     assert summary["board_size"] == 9 and summary["expert_positions"] > 0 and summary["value_positions"] > 0
     assert summary["rl_pool_size"] == 3
-    checkpoint = torch.load(model_dir / "best.ckpt", weights_only=True)
     state = checkpoint["state_dict"]
     assert checkpoint["board_size"] == 9 and checkpoint["lam"] == 0.5
     assert all(int(state[f"{m}.trained_board_size"]) == 9 and state[f"{m}.stem.0.weight"].shape == (16, 4, 3, 3)
