@@ -17,6 +17,8 @@ TARGETS ?=
 # The trainer param (params.yaml, cpu by default) is passed to every train stage on its command line, where
 # it would override the full profile's own `trainer: gpu`: so PROFILE=full sets TRAINER=gpu unless given.
 TRAINER ?= $(if $(filter full,$(PROFILE)),gpu,)
+# make repro LAUNCHER=slurm on a login node: the train stages on the resumable runner run as SLURM jobs
+LAUNCHER ?=
 # Recipes that exist on one profile only (e.g. LunarLander on full) have their stages in profiles/<profile>/dvc.yaml,
 # which plain `dvc repro` never reaches: PROFILE=<profile> adds that file to the default targets.
 PIPELINES := $(if $(TARGETS),$(TARGETS),$(if $(wildcard profiles/$(PROFILE)/dvc.yaml),dvc.yaml profiles/$(PROFILE)/dvc.yaml))
@@ -30,6 +32,7 @@ help:
 	@echo "make repro PROFILE=smoke the same pipeline at smoke size (minutes): try this first"
 	@echo "make repro TARGETS=...  only those stages and their upstream, e.g. TARGETS=evaluate_digits-cnn"
 	@echo "make repro PROFILE=full  the GPU recipes (TRAINER=gpu unless TRAINER=ddp|fsdp is given), with profiles/full/dvc.yaml"
+	@echo "make repro LAUNCHER=slurm on a login node: train stages on the resumable runner run as SLURM jobs (README)"
 	@echo "make test               bootstrap, then run the default test suite (pytest: not slow, not e2e)"
 	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy (~25 min)"
 	@echo "make test-slow          every test, slow and e2e included"
@@ -52,10 +55,11 @@ data: $(STAMP)
 	$(RUN) dvc pull --quiet data.dvc
 
 repro: data
-ifeq ($(PROFILE),)
+ifeq ($(PROFILE)$(LAUNCHER),)
 	$(RUN) dvc repro $(TARGETS)
 else
-	$(RUN) dvc exp run --set-param profile=$(PROFILE) $(if $(TRAINER),--set-param trainer=$(TRAINER)) $(PIPELINES)
+	$(RUN) dvc exp run $(if $(PROFILE),--set-param profile=$(PROFILE)) $(if $(TRAINER),--set-param trainer=$(TRAINER)) \
+	  $(if $(LAUNCHER),--set-param launcher=$(LAUNCHER)) $(PIPELINES)
 endif
 
 stages: $(STAMP)

@@ -214,6 +214,21 @@ def _raw_data(cfg) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the stage table
+RESUMABLE_RUNNER = "dlzoo.training.supervised.fit"
+
+
+def _launcher(cfg) -> tuple[str, list[str], list[str]]:
+    """What a train stage adds for the pipeline-wide `launcher` param (params.yaml): `hydra/launcher=basic` runs
+    the training in the stage's own process; `slurm` submits it as a SLURM job and waits for it
+    (conf/hydra/launcher/slurm.yaml). Only recipes on the resumable runner take it: a cluster job may be
+    pre-empted and requeued, and only that runner continues from its last epoch instead of starting over.
+    The launcher's code (its Hydra callbacks, dlzoo.cluster) is a dependency; its settings (partition, CPUs,
+    memory) are not, because where a job runs does not change what it computes."""
+    if OmegaConf.select(cfg, "runner._target_") != RESUMABLE_RUNNER:
+        return "", [], []
+    return " hydra/launcher=${launcher}", ["launcher"], _rel(import_closure([], ["dlzoo.cluster"]))
+
+
 def prepare_stage(cfg, files: list[Path]) -> dict:
     """The prepare stage of `cfg.data`; `files` the composed config files, whose data/ ones it depends on (a
     data config built on another, as shapes-ood on shapes, brings both)."""
@@ -260,11 +275,12 @@ def build_tables() -> dict[str, dict]:
         task, family = cfg.task, cfg.family
         conf = _conf_deps(files, name)
         train_cfg = OmegaConf.masked_copy(cfg, [k for k in ("runner", "data", "model", "trainer") if k in cfg])
+        launch, launch_params, launch_deps = _launcher(cfg)
         train[name] = {
-            "cmd": f"python pipelines/train.py experiment={name} profile=${{profile}} trainer=${{trainer}}",
+            "cmd": f"python pipelines/train.py experiment={name} profile=${{profile}} trainer=${{trainer}}{launch}",
             # The recipe as a params file too: `dvc exp run -S 'conf/experiment/<recipe>.yaml:key=value'` makes a variant.
-            "params": ["profile", "trainer", {f"conf/experiment/{name}.yaml": None}],
-            "deps": _code_deps("pipelines/train.py", train_cfg) + conf + data_deps,
+            "params": ["profile", "trainer", *launch_params, {f"conf/experiment/{name}.yaml": None}],
+            "deps": _code_deps("pipelines/train.py", train_cfg) + launch_deps + conf + data_deps,
             "outs": [cfg.paths.model_dir, f"{cfg.paths.plots_dir}/learning_curve.png"],
             "plots": [{f"{cfg.paths.plots_dir}/learning_curve.csv": {"x": "epoch", "y": cfg.checkpoint.monitor, "cache": False}}],
         }
