@@ -35,7 +35,7 @@ CHECKS: dict[str, list[str]] = {
     "fsdp-1gpu": ["experiment=digits-cnn", "trainer=fsdp", "trainer.devices=1", *SHORT],
     "full-translation-transformer": ["experiment=translation-en-ja-transformer", "profile=full", *SHORT],
     "full-translation-seq2seq-attn": ["experiment=translation-en-ja-seq2seq-attn", "profile=full", *SHORT],
-    # The Go runner computes on CPU whatever the trainer says: this checks the 9x9 recipe, not the GPU.
+    # The Zero network on the GPU (self-play leaf batches, training, arenas), search and rules on the CPU.
     "full-go-9x9-zero": ["experiment=go-5x5-alphago-zero", "profile=full", "runner.generations=1",
                          "runner.games_per_generation=4", "runner.simulations=8", "runner.train_steps=4",
                          "runner.arena_games=2", "runner.val_games=2"],

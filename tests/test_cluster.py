@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf, open_dict
@@ -100,6 +101,43 @@ def test_a_smoke_training_runs_as_a_slurm_job(prepared, slurm):
     assert {"val/loss", "val/accuracy", "train/loss_epoch"} <= set(run["metrics"])
     assert summary["best_score"] == pytest.approx(run["metrics"]["val/loss"] if summary["monitor"] == "val/loss"
                                                   else run["metrics"][summary["monitor"]], abs=0.05)
+
+
+def test_make_repro_on_a_login_node_runs_the_train_stage_as_a_slurm_job(slurm, tmp_path):
+    """`make repro LAUNCHER=slurm` as the README types it: DVC runs the train stage's command here, the command
+    submits the training to SLURM and waits, and DVC records the stage from the job's outputs."""
+    import yaml
+
+    from test_make_repro import activated_env, fresh_copy, sh, user_env
+
+    dst = fresh_copy(tmp_path)
+    # The site's settings, as a user sets them for a cluster (not stage deps): this node has 2 CPUs, no memory accounting.
+    launcher = dst / "conf" / "hydra" / "launcher" / "slurm.yaml"
+    launcher.write_text(launcher.read_text().replace("cpus_per_task: 4", "cpus_per_task: 1").replace("mem_gb: 32", "mem_gb: null"))
+    stage = "train_binary-addition-rnn"
+    audit = tmp_path / "imports.jsonl"
+    earlier = subprocess.run(["sacct", "--allocations", "--noheader", "-X", "-o", "JobID"], env={**os.environ, **slurm},
+                             capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    out = sh("make", "repro", "PROFILE=smoke", "LAUNCHER=slurm", f"TARGETS={stage}", cwd=dst, timeout=900,
+             env=user_env({**slurm, "DLZOO_IMPORT_AUDIT": str(audit)}))
+    log = out.stdout + out.stderr
+    assert f"Running stage '{stage}'" in log and "Submitit 'slurm' sweep output dir" in log, log[-3000:]
+
+    jobs = [job for job in _sacct(slurm, "train") if job["id"] not in earlier]
+    assert len(jobs) == 1 and jobs[0]["state"] == "COMPLETED" and jobs[0]["exit"] == "0:0", jobs
+    (run,) = [r for r in mlflow_runs(dst / "mlflow.db") if r["tags"].get("stage") == "train"]
+    assert run["tags"]["slurm.job_id"] == jobs[0]["id"] and run["status"] == "FINISHED"
+    assert run["tags"]["profile"] == "smoke" and len(run["metrics"]) > 0
+    # DVC waited for the job: the lock holds the command it ran and the outputs the job wrote
+    locked = yaml.safe_load((dst / "dvc.lock").read_text())["stages"][stage]
+    assert locked["cmd"].endswith("hydra/launcher=slurm") and locked["params"]["params.yaml"]["launcher"] == "slurm"
+    assert (dst / "artifacts/models/binary-addition-rnn/best.ckpt").is_file()
+    assert json.loads(sh("dvc", "status", "--json", stage, cwd=dst, env=activated_env()).stdout or "{}") == {}
+    # the job (not this process) trained, under the stage's name, importing only the stage's deps
+    (record,) = [json.loads(line) for line in audit.read_text().splitlines()]
+    deps = set(yaml.safe_load((dst / "dvc.yaml").read_text())["stages"][stage]["deps"])
+    files = {str(Path(f).resolve().relative_to(dst.resolve())) for f in record["files"]}
+    assert record["stage"] == stage and "src/dlzoo/cluster.py" in files and files <= deps, sorted(files - deps)
 
 
 def test_a_preempted_slurm_job_is_requeued_and_resumes_where_it_stopped(prepared, slurm, tmp_path):

@@ -18,8 +18,9 @@ from dlzoo.checkpoints import CHECKPOINT_KEY, stamp
 from dlzoo.config import build
 from dlzoo.go.evaluate import elo_fit, wilson
 from dlzoo.go.game import augment, encode, load_game, transform_board, transform_policy
-from dlzoo.go.mcts import search, uniform_evaluator
-from dlzoo.go.net import ZeroNet
+from dlzoo.errors import ConfigError
+from dlzoo.go.mcts import most_visited, search, uniform_evaluator
+from dlzoo.go.net import ZeroNet, go_device
 
 N = 5
 PASS = N * N
@@ -73,6 +74,21 @@ def test_lock_step_search_keeps_games_apart():
     win, save = _position(WIN_LINE), _position(SAVE_LINE)
     visits = search([win, save], uniform_evaluator(PASS + 1), 2000)
     assert [int(np.argmax(v)) for v in visits] == [19, 16]
+
+
+def test_a_tie_in_visits_goes_to_any_of_the_tied_moves():
+    """Not to the lowest index (np.argmax): with fewer simulations than moves most moves tie at one visit."""
+    rng = np.random.default_rng(0)
+    assert {most_visited(np.array([0, 3, 1, 3, 3, 0]), rng) for _ in range(200)} == {1, 3, 4}
+    assert most_visited(np.array([1, 5, 2]), rng) == 1
+
+
+def test_the_zero_network_computes_where_the_trainer_says(monkeypatch):
+    assert go_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert go_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="trainer.accelerator=gpu but no CUDA GPU"):
+        go_device("gpu")
 
 
 def test_symmetries_keep_policy_targets_on_their_boards():
@@ -211,6 +227,8 @@ def test_full_profile_plays_9x9_through_train_and_evaluate(tmp_path):
         ("alphago-zero", "train", "FINISHED"), ("alphago-zero", "evaluate", "FINISHED")}
     assert all(r["tags"]["profile"] == "full" and r["params"]["game.board_size"] == "9"
                and r["params"]["model.channels"] == "16" for r in runs)
+    (train_run,) = [r for r in runs if r["tags"]["stage"] == "train"]
+    assert train_run["params"]["hardware/go_device"] == "cpu"   # trainer=cpu here; the full profile's gpu trainer: cuda
 
 
 def _cfg(*overrides):

@@ -76,6 +76,21 @@ def test_every_recipe_has_its_stages(generated):
             assert {f"train_{name}", f"evaluate_{name}"} <= set(generated)
 
 
+def test_the_launcher_param_reaches_the_resumable_train_stages(generated):
+    """`launcher` (params.yaml) picks the Hydra launcher of exactly the train stages whose recipe is on the
+    resumable runner (a pre-empted cluster job continues there), with the launcher's code as a dependency."""
+    from conftest import compose_config
+
+    for name in stage_table.recipe_names():
+        stage = generated.get(f"train_{name}")
+        if stage is None:
+            continue
+        resumable = compose_config(f"experiment={name}").runner._target_ == stage_table.RESUMABLE_RUNNER
+        assert ("hydra/launcher=${launcher}" in stage["cmd"]) == resumable, name
+        assert ("launcher" in stage["params"]) == resumable and ("src/dlzoo/cluster.py" in stage["deps"]) == resumable, name
+    assert "hydra/launcher=${launcher}" in generated["train_digits-cnn"]["cmd"]
+
+
 def test_import_closure_follows_lazy_and_package_imports(tmp_path):
     """A function-level import is a dependency, and importing a.b.c runs a/__init__ and a/b/__init__."""
     deps = {str(p.relative_to(REPO)) for p in stage_table.import_closure([REPO / "pipelines/train.py"], ["dlzoo.training.lightning"])}
@@ -132,7 +147,9 @@ def test_lock_records_the_tree(pipeline):
         got_deps = {d["path"] for d in entry.get("deps", [])}
         if want_deps != got_deps:
             problems.append(f"{name}: deps differ from dvc.yaml ({sorted(want_deps ^ got_deps)[:5]})")
-        cmd = stage["cmd"].replace("${profile}", str(params["profile"])).replace("${trainer}", str(params["trainer"]))
+        cmd = stage["cmd"]
+        for key in ("profile", "trainer", "launcher"):  # the params.yaml values dvc.yaml interpolates
+            cmd = cmd.replace(f"${{{key}}}", str(params[key]))
         if entry.get("cmd") != cmd:
             problems.append(f"{name}: command differs ({entry.get('cmd')!r} vs {cmd!r})")
         for key, value in entry.get("params", {}).get("params.yaml", {}).items():

@@ -27,7 +27,7 @@ import torch
 
 from dlzoo.errors import ConfigError
 from dlzoo.go.game import load_game
-from dlzoo.go.net import ZeroNet
+from dlzoo.go.net import ZeroNet, go_device
 from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, RolloutMCTSPlayer, SearchPlayer, play_match
 from dlzoo.go.records import sample_games
 from dlzoo.go.zero import GENERATIONS_CSV, GENERATIONS_DIR
@@ -79,7 +79,8 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
              simulations: int = 64, c_puct: float = 1.5, mcts_uct_c: float = 2.0, mcts_rollouts: int = 1,
              elo_players: int = 6, elo_games: int = 20, elo_simulations: int = 16, sample_moves: int = 2,
              sgf_games: int = 4, seed: int = 2_000_000, model_dir: str | None = None, title: str = "",
-             thresholds: dict | None = None, parent_dir: str | None = None, parent_games: int = 0) -> tuple[dict, list]:
+             thresholds: dict | None = None, parent_dir: str | None = None, parent_games: int = 0,
+             accelerator: str = "cpu") -> tuple[dict, list]:
     game = load_game(board_size, komi, supported_sizes)
     if int(model.board_size) != int(board_size):
         raise ConfigError(f"the checkpoint was trained on a {model.board_size}x{model.board_size} board, this recipe "
@@ -88,7 +89,8 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    model.eval()
+    device = go_device(accelerator)
+    model.to(device).eval()   # the generations and the parent below are loaded like it, onto its device
     metrics, files, seconds = {}, [], {}
     net = NetEvaluator(model, board_size)
     search = SearchPlayer(net, simulations, c_puct)
@@ -109,7 +111,7 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
     if parent_games > 0:
         # The compress stage's arena: this network against the uncompressed one (parent_dir's checkpoint) at equal
         # simulations; the parent measured against itself is the arena's own check (about 0.5).
-        parent = NetEvaluator(load_zero_net(Path(parent_dir) / "best.ckpt"), board_size)
+        parent = NetEvaluator(load_zero_net(Path(parent_dir) / "best.ckpt").to(device), board_size)
         timed("vs_parent", SearchPlayer(net, simulations, c_puct, sample_moves),
               SearchPlayer(parent, simulations, c_puct, sample_moves), parent_games)
 

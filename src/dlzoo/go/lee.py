@@ -30,7 +30,7 @@ from torch import nn
 
 from dlzoo.config import build
 from dlzoo.go.game import augment, encode, load_game
-from dlzoo.go.mcts import search
+from dlzoo.go.mcts import most_visited, search
 from dlzoo.go.net import ZeroNet
 from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, SearchPlayer, play_match
 from dlzoo.go.zero import check_args
@@ -183,7 +183,7 @@ def searcher_games(game, board_size: int, num_games: int, simulations: int, c_pu
             planes.append(encode(s, board_size))
             pis.append(pi)
             sampled = s.move_number() < 2 * sample_moves
-            s.apply_action(int(rng.choice(len(pi), p=pi)) if sampled else int(np.argmax(n)))
+            s.apply_action(int(rng.choice(len(pi), p=pi)) if sampled else most_visited(n, rng))
     black = float(np.mean([s.returns()[0] > 0 for s in states]))
     stats = {"games": num_games, "positions": len(pis), "seconds": time.perf_counter() - start, "black_win_rate": black}
     return np.stack(planes), np.stack(pis).astype(np.float32), stats

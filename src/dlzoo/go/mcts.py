@@ -88,6 +88,14 @@ def search(states, evaluator, num_simulations: int, c_puct: float = 1.5, dirichl
     return [root.N.copy() for root in roots]
 
 
+def most_visited(visits: np.ndarray, rng: np.random.Generator) -> int:
+    """The most visited action, a tie broken uniformly at random (as AlphaGo Zero does). np.argmax would give every
+    tie to the lowest point index: with fewer simulations than legal moves (82 on 9x9) most moves tie at one
+    visit, and the player then walks along the first row."""
+    best = np.flatnonzero(visits == visits.max())
+    return int(best[0]) if len(best) == 1 else int(rng.choice(best))
+
+
 def uniform_evaluator(num_actions: int):
     """Priors uniform, values 0: a search that only sees real game ends (the tests' reference searcher)."""
     def evaluate(states):

@@ -12,7 +12,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlzoo.errors import ConfigError
 from dlzoo.go.game import PLANES
+
+
+def go_device(accelerator) -> torch.device:
+    """Where the Zero network computes: CUDA for a GPU trainer (profile=full picks trainer=gpu), else the CPU.
+    Self-play and the arenas send each simulation's leaves of all games as one batch, which is what a GPU is for;
+    the tree search and the rules stay on the CPU."""
+    name = str(accelerator).lower()
+    if name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer=cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def cpu_state(net: nn.Module) -> dict:
+    """The state_dict on the CPU: checkpoints load anywhere (map_location is then a no-op)."""
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
 class Residual(nn.Module):

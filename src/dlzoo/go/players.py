@@ -3,7 +3,7 @@
 A player is `choose(states, rng) -> actions` for a list of states where it is to move:
 - `RandomPlayer`: a uniform choice among the legal moves (the pass included);
 - `NetPlayer`: the network alone, the argmax of its policy over the legal moves, no search;
-- `SearchPlayer`: PUCT search (dlzoo.go.mcts) with the network, the most-visited move
+- `SearchPlayer`: PUCT search (dlzoo.go.mcts) with the network, the most-visited move (a tie at random)
   (`sample_moves` > 0: the first moves of a game sampled in proportion to the visits, so that two
   deterministic players do not replay one game);
 - `RolloutMCTSPlayer`: OpenSpiel's MCTSBot with random rollouts (the classic baseline), one state at a time.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dlzoo.go.game import encode
-from dlzoo.go.mcts import search
+from dlzoo.go.mcts import most_visited, search
 
 
 class NetEvaluator:
@@ -26,19 +26,20 @@ class NetEvaluator:
 
     def __init__(self, net: torch.nn.Module, board_size: int):
         self.net, self.board_size = net.eval(), board_size
+        self.device = next(net.parameters()).device   # the batch goes where the network is (a GPU on profile=full)
         self.num_actions = board_size * board_size + 1
         self.evaluations, self.seconds = 0, 0.0
 
     @torch.no_grad()
     def __call__(self, states) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
-        x = torch.from_numpy(np.stack([encode(s, self.board_size) for s in states]))
+        x = torch.from_numpy(np.stack([encode(s, self.board_size) for s in states])).to(self.device)
         logits, values = self.net(x)
         legal = torch.from_numpy(np.stack([np.asarray(s.legal_actions_mask(), dtype=bool)[: self.num_actions] for s in states]))
-        priors = torch.softmax(logits.masked_fill(~legal, -1e9), dim=1)
+        priors = torch.softmax(logits.float().cpu().masked_fill(~legal, -1e9), dim=1)
         self.evaluations += len(states)
         self.seconds += time.perf_counter() - start
-        return priors.numpy().astype(np.float64), values.numpy().astype(np.float64)
+        return priors.numpy().astype(np.float64), values.float().cpu().numpy().astype(np.float64)
 
 
 class RandomPlayer:
@@ -72,7 +73,7 @@ class SearchPlayer:
             if s.move_number() < self.sample_moves * 2:   # each player's first `sample_moves` moves
                 actions.append(int(rng.choice(len(n), p=n / n.sum())))
             else:
-                actions.append(int(np.argmax(n)))
+                actions.append(most_visited(n, rng))
         return actions
 
 

@@ -10,14 +10,14 @@ import time
 import numpy as np
 
 from dlzoo.go.game import augment, encode
-from dlzoo.go.mcts import search
+from dlzoo.go.mcts import most_visited, search
 
 
 def self_play(game, evaluator, board_size: int, num_games: int, simulations: int, rng: np.random.Generator, *,
               c_puct: float = 1.5, dirichlet_alpha: float = 0.5, noise_fraction: float = 0.25,
               temperature_moves: int = 6, augment_symmetries: bool = True) -> tuple[dict, dict]:
     """({"planes", "pi", "z"} arrays, stats). The first `temperature_moves` moves of each game are sampled in
-    proportion to the visits (temperature 1), the later ones are the most visited."""
+    proportion to the visits (temperature 1), the later ones are the most visited (ties at random)."""
     start, evals0 = time.perf_counter(), evaluator.evaluations
     states = [game.new_initial_state() for _ in range(num_games)]
     records = [[] for _ in range(num_games)]   # per game: (planes, pi, player to move)
@@ -30,7 +30,7 @@ def self_play(game, evaluator, board_size: int, num_games: int, simulations: int
             s = states[i]
             pi = n / n.sum()
             records[i].append((encode(s, board_size), pi, s.current_player()))
-            action = rng.choice(len(pi), p=pi) if s.move_number() < temperature_moves else int(np.argmax(n))
+            action = rng.choice(len(pi), p=pi) if s.move_number() < temperature_moves else most_visited(n, rng)
             s.apply_action(int(action))
     planes, pis, zs = [], [], []
     black_wins = 0

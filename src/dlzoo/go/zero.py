@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from dlzoo.config import build
 from dlzoo.errors import ConfigError
 from dlzoo.go.game import load_game
+from dlzoo.go.net import cpu_state, go_device
 from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, SearchPlayer, play_match
 from dlzoo.go.selfplay import self_play
 
@@ -67,7 +68,8 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
         raise ConfigError(f"runner.gate_win_rate must lie in [0.5, 1], got {gate_win_rate!r}")
     n = int(cfg.game.board_size)
     game = load_game(n, cfg.game.komi, cfg.game.supported_sizes)   # refuses an unsupported board size first
-    learner = build(cfg.model, "model")
+    device = go_device(cfg.trainer.get("accelerator", "cpu"))
+    learner = build(cfg.model, "model").to(device)
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -75,13 +77,14 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
         from dlzoo.tracking import client
 
         client(ctx.tracking_uri).log_param(ctx.run_id, "hardware/torch_threads", threads)
+        client(ctx.tracking_uri).log_param(ctx.run_id, "hardware/go_device", str(device))
     ctx.total_epochs = generations
     gen_dir = Path(ctx.model_dir) / GENERATIONS_DIR
     gen_dir.mkdir(parents=True, exist_ok=True)
     best = copy.deepcopy(learner).eval()
     best_generation = 0
-    torch.save(best.state_dict(), gen_dir / "gen_000.pt")
-    ctx.save_checkpoint(best.state_dict(), 0, board_size=n, generation=0)
+    torch.save(cpu_state(best), gen_dir / "gen_000.pt")
+    ctx.save_checkpoint(cpu_state(best), 0, board_size=n, generation=0)
     opt = torch.optim.Adam(learner.parameters(), lr=learning_rate, weight_decay=weight_decay)
     window: list[dict] = []
     rows, totals = [], {"positions": 0, "selfplay_seconds": 0.0, "evaluations": 0, "eval_seconds": 0.0}
@@ -109,10 +112,10 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
         losses = []
         for _ in range(train_steps):
             idx = torch.from_numpy(rng.integers(0, len(zs), size=batch_size))
-            losses.append(train_step(learner, opt, planes[idx], pis[idx], zs[idx]))
+            losses.append(train_step(learner, opt, planes[idx].to(device), pis[idx].to(device), zs[idx].to(device)))
         learner.eval()
         train_seconds = time.perf_counter() - t0
-        torch.save(learner.state_dict(), gen_dir / f"gen_{gen:03d}.pt")
+        torch.save(cpu_state(learner), gen_dir / f"gen_{gen:03d}.pt")
         # 4. gating: learner against the best, search on both sides
         t0 = time.perf_counter()
         arena = play_match(game, SearchPlayer(NetEvaluator(learner, n), arena_simulations, c_puct, arena_sample_moves),
@@ -137,12 +140,13 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
         ctx.log_metrics({k: v for k, v in row.items() if "/" in k}, step=gen)
         ctx.end_epoch(row)
         if accepted:
-            ctx.save_checkpoint(best.state_dict(), best_generation, board_size=n, generation=best_generation)
+            ctx.save_checkpoint(cpu_state(best), best_generation, board_size=n, generation=best_generation)
     with open(Path(ctx.model_dir) / GENERATIONS_CSV, "w", newline="") as f:
         if rows:
             w = csv.DictWriter(f, fieldnames=list(rows[-1]))
             w.writeheader()
             w.writerows(rows)
+    best = best.cpu()   # the logged model and its example live on the CPU
     example = torch.zeros(1, best.stem[0].in_channels, n, n)
     return {"checkpoint": str(ctx.checkpoint_path), "best_score": ctx.best_score, "best_generation": best_generation,
             "generations": len(rows), "accepted": int(sum(r["val/accepted"] for r in rows)), "stopped_by": stopped_by,
