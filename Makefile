@@ -58,8 +58,7 @@ repro: data
 ifeq ($(PROFILE)$(LAUNCHER),)
 	$(RUN) dvc repro $(TARGETS)
 else
-	$(RUN) dvc exp run $(if $(PROFILE),--set-param profile=$(PROFILE)) $(if $(TRAINER),--set-param trainer=$(TRAINER)) \
-	  $(if $(LAUNCHER),--set-param launcher=$(LAUNCHER)) $(PIPELINES)
+	$(RUN) dvc exp run $(strip $(if $(PROFILE),--set-param profile=$(PROFILE)) $(if $(TRAINER),--set-param trainer=$(TRAINER)) $(if $(LAUNCHER),--set-param launcher=$(LAUNCHER)) $(PIPELINES))
 endif
 
 stages: $(STAMP)

@@ -86,9 +86,9 @@ def test_the_launcher_param_reaches_the_resumable_train_stages(generated):
         if stage is None:
             continue
         resumable = compose_config(f"experiment={name}").runner._target_ == stage_table.RESUMABLE_RUNNER
-        assert ("hydra/launcher=${launcher}" in stage["cmd"]) == resumable, name
+        assert ("+launcher=${launcher}" in stage["cmd"]) == resumable, name
         assert ("launcher" in stage["params"]) == resumable and ("src/dlzoo/cluster.py" in stage["deps"]) == resumable, name
-    assert "hydra/launcher=${launcher}" in generated["train_digits-cnn"]["cmd"]
+    assert "+launcher=${launcher}" in generated["train_digits-cnn"]["cmd"]
 
 
 def test_import_closure_follows_lazy_and_package_imports(tmp_path):

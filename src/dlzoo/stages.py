@@ -218,15 +218,15 @@ RESUMABLE_RUNNER = "dlzoo.training.supervised.fit"
 
 
 def _launcher(cfg) -> tuple[str, list[str], list[str]]:
-    """What a train stage adds for the pipeline-wide `launcher` param (params.yaml): `hydra/launcher=basic` runs
-    the training in the stage's own process; `slurm` submits it as a SLURM job and waits for it
-    (conf/hydra/launcher/slurm.yaml). Only recipes on the resumable runner take it: a cluster job may be
-    pre-empted and requeued, and only that runner continues from its last epoch instead of starting over.
-    The launcher's code (its Hydra callbacks, dlzoo.cluster) is a dependency; its settings (partition, CPUs,
-    memory) are not, because where a job runs does not change what it computes."""
+    """What a train stage adds for the pipeline-wide `launcher` param (params.yaml), the config group
+    conf/launcher/: `basic` trains in the stage's own process; `slurm` submits the training as a SLURM job and
+    waits for it (conf/hydra/launcher/slurm.yaml). Only recipes on the resumable runner take it: a cluster job
+    may be pre-empted and requeued, and only that runner continues from its last epoch instead of starting over.
+    The launcher's code (its Hydra callbacks, dlzoo.cluster) is a dependency; its settings (the group's files,
+    partition, CPUs, memory) are not, because where a job runs does not change what it computes."""
     if OmegaConf.select(cfg, "runner._target_") != RESUMABLE_RUNNER:
         return "", [], []
-    return " hydra/launcher=${launcher}", ["launcher"], _rel(import_closure([], ["dlzoo.cluster"]))
+    return " +launcher=${launcher}", ["launcher"], _rel(import_closure([], ["dlzoo.cluster"]))
 
 
 def prepare_stage(cfg, files: list[Path]) -> dict:
