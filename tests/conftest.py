@@ -120,16 +120,18 @@ def changed_keys(full: list[str], cut: list[str]) -> set[str]:
 
 def run_full_profile_9x9(experiment: str, budget: list[str], cwd: Path) -> tuple[dict, dict]:
     """The full profile's recipe for `experiment` with only `budget` (key=value overrides) changed, plus the cpu
-    trainer (the full profile picks trainer=gpu, refused without CUDA) and no logged model: board 9x9 and the
-    composed config otherwise the full profile's; then the train and evaluate stages as DVC runs them.
+    trainer (the full profile picks trainer=gpu, refused without CUDA; the Go evaluator's device follows it) and
+    no logged model: board 9x9 and the composed config otherwise the full profile's; then the train and evaluate
+    stages as DVC runs them.
     Returns the train summary and the checkpoint."""
     import torch
 
     full = compose_config(f"experiment={experiment}", "profile=full")
     assert full.game.board_size == 9 and (full.model.channels, full.model.blocks) == (64, 6)
     overrides = [f"experiment={experiment}", "profile=full", "trainer=cpu", "tracking.log_model=false", *budget]
+    follows_trainer = {"evaluator.accelerator"} if "accelerator" in full.evaluator else set()   # ${trainer.accelerator}
     assert changed_keys([f"experiment={experiment}", "profile=full"], overrides) == {o.split("=")[0] for o in budget} | {
-        "tracking.log_model", "trainer.accelerator", "trainer.precision"}
+        "tracking.log_model", "trainer.accelerator", "trainer.precision"} | follows_trainer
     for stage in ("train", "evaluate"):
         done = run_entry(stage, *overrides, cwd=cwd, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
