@@ -21,6 +21,8 @@ from dlzoo.go.game import augment, encode, load_game, transform_board, transform
 from dlzoo.errors import ConfigError
 from dlzoo.go.mcts import most_visited, search, uniform_evaluator
 from dlzoo.go.net import ZeroNet, go_device
+from dlzoo.go.players import NetEvaluator, NetPlayer, Pairing, RandomPlayer, SearchPlayer, play_matches
+from dlzoo.go.selfplay import self_play_parts
 
 N = 5
 PASS = N * N
@@ -81,6 +83,27 @@ def test_a_tie_in_visits_goes_to_any_of_the_tied_moves():
     rng = np.random.default_rng(0)
     assert {most_visited(np.array([0, 3, 1, 3, 3, 0]), rng) for _ in range(200)} == {1, 3, 4}
     assert most_visited(np.array([1, 5, 2]), rng) == 1
+
+
+def test_games_in_forked_processes_equal_the_games_played_in_order():
+    """Pairings and self-play split over processes (dlzoo.go.parallel) give the games they give in one process,
+    and the leaf evaluators' counters come back to the parent."""
+    game = load_game(N, 0.5)
+    results = {}
+    for workers in (1, 2):
+        torch.manual_seed(0)
+        net = NetEvaluator(ZeroNet(N, channels=4, blocks=1, value_hidden=8), N)
+        pairings = [Pairing("search", SearchPlayer(net, 4, sample_moves=2), RandomPlayer(), 6, (7, 0)),
+                    Pairing("net", NetPlayer(net), RandomPlayer(), 4, (7, 1)),
+                    Pairing("random", RandomPlayer(), RandomPlayer(), 4, (7, 2))]
+        played = play_matches(game, pairings, workers)
+        data, stats = self_play_parts(game, lambda: NetEvaluator(net.net, N), N, 5, 4, [11, 12], workers)
+        results[workers] = ({k: [(g.a_black, g.moves, g.returns) for g in v[0]] for k, v in played.items()},
+                            {k: v.tobytes() for k, v in data.items()}, net.evaluations, stats["evaluations"])
+    assert results[1] == results[2]
+    games, _, evaluations, selfplay_evaluations = results[2]
+    assert [len(games[k]) for k in ("search", "net", "random")] == [6, 4, 4]
+    assert evaluations > 0 and selfplay_evaluations > 0
 
 
 def test_the_zero_network_computes_where_the_trainer_says(monkeypatch):

@@ -19,7 +19,6 @@ import csv
 import itertools
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from dlzoo.errors import ConfigError
 from dlzoo.go.game import load_game
 from dlzoo.go.net import ZeroNet, go_device
-from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, RolloutMCTSPlayer, SearchPlayer, play_match
+from dlzoo.go.players import NetEvaluator, NetPlayer, Pairing, RandomPlayer, RolloutMCTSPlayer, SearchPlayer, play_matches
 from dlzoo.go.records import sample_games
 from dlzoo.go.zero import GENERATIONS_CSV, GENERATIONS_DIR
 from dlzoo.io import write_json
@@ -80,7 +79,7 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
              elo_players: int = 6, elo_games: int = 20, elo_simulations: int = 16, sample_moves: int = 2,
              sgf_games: int = 4, seed: int = 2_000_000, model_dir: str | None = None, title: str = "",
              thresholds: dict | None = None, parent_dir: str | None = None, parent_games: int = 0,
-             accelerator: str = "cpu") -> tuple[dict, list]:
+             accelerator: str = "cpu", workers: int = 1) -> tuple[dict, list]:
     game = load_game(board_size, komi, supported_sizes)
     if int(model.board_size) != int(board_size):
         raise ConfigError(f"the checkpoint was trained on a {model.board_size}x{model.board_size} board, this recipe "
@@ -88,40 +87,37 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
     torch.set_num_threads(1)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     device = go_device(accelerator)
     model.to(device).eval()   # the generations and the parent below are loaded like it, onto its device
-    metrics, files, seconds = {}, [], {}
+    workers = workers if device.type == "cpu" else 1   # forked processes cannot share a CUDA context
+    metrics, files = {}, []
     net = NetEvaluator(model, board_size)
     search = SearchPlayer(net, simulations, c_puct)
-
-    def timed(name, a, b, n):
-        t0 = time.perf_counter()
-        result = play_match(game, a, b, n, rng)
-        seconds[name] = time.perf_counter() - t0
-        metrics.update(rates(name, result))
-        metrics[f"test/seconds_{name}"] = round(seconds[name], 1)
-        return result
-
-    timed("vs_random_net", NetPlayer(net), RandomPlayer(), games)
-    timed("vs_random", search, RandomPlayer(), games)
-    vs_mcts = timed("vs_mcts", search, RolloutMCTSPlayer(game, simulations, mcts_uct_c, mcts_rollouts, seed), games)
-    metrics["test/simulations"] = float(simulations)
-    metrics["test/net_evals_per_s"] = net.evaluations / max(net.seconds, 1e-9)   # inside the network calls only
+    # The pairings, longest first (the processes take them in order); each has its own seed (seed, k).
+    pairings = [("vs_mcts", search, RolloutMCTSPlayer(game, simulations, mcts_uct_c, mcts_rollouts, seed), games)]
+    gen_files = sorted((Path(model_dir) / GENERATIONS_DIR).glob("gen_*.pt")) if model_dir else []
+    if len(gen_files) >= 2:
+        first = _load_like(model, gen_files[1])   # the first TRAINED generation (gen 0 is the random init)
+        pairings.append(("last_vs_first", SearchPlayer(net, simulations, c_puct, sample_moves),
+                         SearchPlayer(NetEvaluator(first, board_size), simulations, c_puct, sample_moves), games))
     if parent_games > 0:
         # The compress stage's arena: this network against the uncompressed one (parent_dir's checkpoint) at equal
         # simulations; the parent measured against itself is the arena's own check (about 0.5).
         parent = NetEvaluator(load_zero_net(Path(parent_dir) / "best.ckpt").to(device), board_size)
-        timed("vs_parent", SearchPlayer(net, simulations, c_puct, sample_moves),
-              SearchPlayer(parent, simulations, c_puct, sample_moves), parent_games)
-
-    gen_files = sorted((Path(model_dir) / GENERATIONS_DIR).glob("gen_*.pt")) if model_dir else []
-    if len(gen_files) >= 2:
-        first = _load_like(model, gen_files[1])   # the first TRAINED generation (gen 0 is the random init)
-        timed("last_vs_first", SearchPlayer(net, simulations, c_puct, sample_moves),
-              SearchPlayer(NetEvaluator(first, board_size), simulations, c_puct, sample_moves), games)
-        files += _elo_ladder(model, game, board_size, gen_files, elo_players, elo_games, elo_simulations, c_puct,
-                             sample_moves, rng, metrics, reports_dir, title, Path(model_dir) / GENERATIONS_CSV)
+        pairings.append(("vs_parent", SearchPlayer(net, simulations, c_puct, sample_moves),
+                         SearchPlayer(parent, simulations, c_puct, sample_moves), parent_games))
+    pairings += [("vs_random", search, RandomPlayer(), games), ("vs_random_net", NetPlayer(net), RandomPlayer(), games)]
+    ladder = _elo_pairings(model, board_size, gen_files, elo_players, elo_games, elo_simulations, c_puct, sample_moves)
+    played = play_matches(game, [Pairing(name, a, b, n, (seed, k)) for k, (name, a, b, n) in enumerate(pairings + ladder)],
+                          workers)
+    for name, *_ in pairings:
+        metrics.update(rates(name, played[name][0]))
+        metrics[f"test/seconds_{name}"] = round(played[name][1], 1)
+    metrics["test/simulations"] = float(simulations)
+    metrics["test/net_evals_per_s"] = net.evaluations / max(net.seconds, 1e-9)   # inside the network calls only
+    if ladder:
+        files += _elo_ladder(ladder, played, elo_games, elo_simulations, metrics, reports_dir, title)
+    vs_mcts = played["vs_mcts"][0]
     summary_path = Path(model_dir) / "train_summary.json" if model_dir else None
     if summary_path and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
@@ -159,17 +155,26 @@ def _load_like(model, path: Path):
     return other.eval()
 
 
-def _elo_ladder(model, game, n, gen_files, players, games, sims, c_puct, sample_moves, rng, metrics, reports_dir,
-                title, gen_csv: Path) -> list:
-    """Round robin among up to `players` generations spread evenly from 0 to the last, then a Bradley-Terry fit."""
+def _elo_pairings(model, n, gen_files, players, games, sims, c_puct, sample_moves) -> list[tuple]:
+    """The Elo round robin: up to `players` generations spread evenly from 0 to the last, every pair of them."""
+    if len(gen_files) < 2:
+        return []
     picks = sorted(set(np.linspace(0, len(gen_files) - 1, min(players, len(gen_files))).round().astype(int)))
-    nets = {g: _load_like(model, gen_files[g]) for g in picks}
+    nets = {g: NetEvaluator(_load_like(model, gen_files[g]), n) for g in picks}
+    return [(f"elo_{picks[i]}_{picks[j]}", SearchPlayer(nets[picks[i]], sims, c_puct, sample_moves),
+             SearchPlayer(nets[picks[j]], sims, c_puct, sample_moves), games)
+            for i, j in itertools.combinations(range(len(picks)), 2)]
+
+
+def _elo_ladder(ladder, played, games, sims, metrics, reports_dir, title) -> list:
+    """A Bradley-Terry fit of the round robin's results, as metrics, a CSV and a plot."""
+    picks = sorted({int(g) for name, *_ in ladder for g in name.split("_")[1:]})
+    index = {g: k for k, g in enumerate(picks)}
     results = {}
-    for i, j in itertools.combinations(range(len(picks)), 2):
-        a = SearchPlayer(NetEvaluator(nets[picks[i]], n), sims, c_puct, sample_moves)
-        b = SearchPlayer(NetEvaluator(nets[picks[j]], n), sims, c_puct, sample_moves)
-        played = play_match(game, a, b, games, rng)
-        results[(i, j)] = (sum(g.a_won for g in played), len(played))
+    for name, *_ in ladder:
+        gi, gj = (int(g) for g in name.split("_")[1:])
+        games_ij = played[name][0]
+        results[(index[gi], index[gj])] = (sum(g.a_won for g in games_ij), len(games_ij))
     elo = elo_fit(picks, results)
     metrics["test/elo_first"], metrics["test/elo_last"] = float(elo[0]), float(elo[-1])
     metrics["test/elo_rises"] = float(all(b >= a - 50 for a, b in zip(elo, elo[1:])) and elo[-1] > elo[0])

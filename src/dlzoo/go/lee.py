@@ -32,6 +32,7 @@ from dlzoo.config import build
 from dlzoo.go.game import augment, encode, load_game
 from dlzoo.go.mcts import most_visited, search
 from dlzoo.go.net import ZeroNet
+from dlzoo.go.parallel import fork_map
 from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, SearchPlayer, play_match
 from dlzoo.go.zero import check_args
 
@@ -189,6 +190,25 @@ def searcher_games(game, board_size: int, num_games: int, simulations: int, c_pu
     return np.stack(planes), np.stack(pis).astype(np.float32), stats
 
 
+def searcher_games_parts(game, board_size: int, num_games: int, simulations: int, c_puct: float, sample_moves: int,
+                         seeds, workers: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`searcher_games` split into len(seeds) parts (part k from np.random.default_rng(seeds[k])), in up to
+    `workers` processes (dlzoo.go.parallel): the same games whatever `workers` is."""
+    parts = min(len(seeds), num_games)
+    sizes = [num_games // parts + (k < num_games % parts) for k in range(parts)]
+    start = time.perf_counter()
+    results = fork_map(_searcher_part, [(game, board_size, size, simulations, c_puct, sample_moves, seed)
+                                        for size, seed in zip(sizes, seeds)], workers)
+    black = sum(st["black_win_rate"] * st["games"] for *_, st in results) / num_games
+    stats = {"games": num_games, "positions": sum(st["positions"] for *_, st in results),
+             "seconds": time.perf_counter() - start, "black_win_rate": black}
+    return np.concatenate([p for p, *_ in results]), np.concatenate([pi for _, pi, _ in results]), stats
+
+
+def _searcher_part(game, board_size, num_games, simulations, c_puct, sample_moves, seed):
+    return searcher_games(game, board_size, num_games, simulations, c_puct, sample_moves, np.random.default_rng(seed))
+
+
 def fit_policy(forward, params, planes: np.ndarray, pis: np.ndarray, steps: int, batch_size: int, lr: float,
                rng: np.random.Generator, val_fraction: float = 0.1) -> tuple[float, float, float]:
     """Cross-entropy of `forward(planes batch) -> logits` against the searcher's π, on the 8 symmetries of a
@@ -291,11 +311,11 @@ def train(cfg, ctx, *, expert_games: int, expert_simulations: int, sl_steps: int
           expert_sample_moves: int = 3, c_puct: float = 1.5, sl_learning_rate: float = 1e-3,
           rollout_learning_rate: float = 1e-2, rl_learning_rate: float = 1e-4, pool_every: int = 5,
           value_learning_rate: float = 1e-3, max_random_move: int = 12, lam: float = 0.5, simulations: int = 32,
-          val_games: int = 50, search_val_games: int = 20, threads: int = 1, **unknown) -> dict:
+          val_games: int = 50, search_val_games: int = 20, threads: int = 1, workers: int = 2, **unknown) -> dict:
     check_args(train, unknown, expert_games=expert_games, expert_simulations=expert_simulations, sl_steps=sl_steps,
                rollout_steps=rollout_steps, rl_iterations=rl_iterations, rl_games=rl_games, value_games=value_games,
                value_steps=value_steps, batch_size=batch_size, pool_every=pool_every, simulations=simulations,
-               val_games=val_games, search_val_games=search_val_games)
+               val_games=val_games, search_val_games=search_val_games, workers=workers)
     from dlzoo.errors import ConfigError
 
     if not 0.0 <= lam <= 1.0:
@@ -310,6 +330,7 @@ def train(cfg, ctx, *, expert_games: int, expert_simulations: int, sl_steps: int
         from dlzoo.tracking import client
 
         client(ctx.tracking_uri).log_param(ctx.run_id, "hardware/torch_threads", threads)
+        client(ctx.tracking_uri).log_param(ctx.run_id, "hardware/go_processes", workers)
     value_chunk = max(1, value_steps // 2)   # the value network's learning curve: two rows
     ctx.total_epochs = 2 + rl_iterations // pool_every + len(range(0, value_steps, value_chunk)) + 1
     start, epoch = time.perf_counter(), 0
@@ -330,7 +351,8 @@ def train(cfg, ctx, *, expert_games: int, expert_simulations: int, sl_steps: int
 
     # (a) searcher games -> the SL policy network and the rollout policy
     t0 = time.perf_counter()
-    planes, pis, expert = searcher_games(game, n, expert_games, expert_simulations, c_puct, expert_sample_moves, rng)
+    planes, pis, expert = searcher_games_parts(game, n, expert_games, expert_simulations, c_puct, expert_sample_moves,
+                                               rng.integers(0, 2**63 - 1, size=workers), workers)
     row(1, **{"train/expert_positions": expert["positions"], "train/expert_black_win_rate": expert["black_win_rate"],
               "train/expert_positions_per_s": expert["positions"] / expert["seconds"]})
     nets.sl.train()

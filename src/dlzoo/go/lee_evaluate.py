@@ -13,7 +13,6 @@ player is the search of dlzoo.go.lee (SL priors, lambda-mixed value network and 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from dlzoo.go.evaluate import rates
 from dlzoo.go.game import load_game
 from dlzoo.go.lee import LeeEvaluator, SensibleEvaluator
 from dlzoo.go.net import ZeroNet
-from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, RolloutMCTSPlayer, SearchPlayer, play_match
+from dlzoo.go.players import NetEvaluator, NetPlayer, Pairing, RandomPlayer, RolloutMCTSPlayer, SearchPlayer, play_matches
 from dlzoo.go.records import sample_games
 from dlzoo.io import write_json
 
@@ -47,7 +46,8 @@ def load_zero(model_dir: str | Path, task: str, board_size: int) -> ZeroNet:
 def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, supported_sizes, task: str,
              games: int = 200, simulations: int = 64, c_puct: float = 1.5, lam: float = 0.5, mcts_uct_c: float = 2.0,
              mcts_rollouts: int = 1, sample_moves: int = 2, sgf_games: int = 4, seed: int = 2_000_000,
-             zero_model_dir: str | None = None, title: str = "", thresholds: dict | None = None) -> tuple[dict, list]:
+             zero_model_dir: str | None = None, title: str = "", thresholds: dict | None = None,
+             workers: int = 1) -> tuple[dict, list]:
     game = load_game(board_size, komi, supported_sizes)
     if int(model.board_size) != int(board_size):
         raise ConfigError(f"the checkpoint was trained on a {model.board_size}x{model.board_size} board, this recipe "
@@ -56,33 +56,31 @@ def evaluate(model, datamodule, reports_dir, *, board_size: int, komi: float, su
     torch.set_num_threads(1)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     model.eval()
-    metrics, files, played = {}, [], {}
+    metrics, files = {}, []
     leaves = LeeEvaluator(model, board_size, lam, np.random.default_rng(seed + 1))
     lee = SearchPlayer(leaves, simulations, c_puct)
-
-    def timed(name, a, b):
-        t0 = time.perf_counter()
-        played[name] = play_match(game, a, b, games, rng)
-        metrics.update(rates(name, played[name]))
-        metrics[f"test/seconds_{name}"] = round(time.perf_counter() - t0, 1)
-
-    timed("vs_random_net", NetPlayer(SensibleEvaluator(model.rl, board_size)), RandomPlayer())
-    timed("vs_random_sl_net", NetPlayer(SensibleEvaluator(model.sl, board_size)), RandomPlayer())
-    timed("vs_random", lee, RandomPlayer())
-    timed("vs_mcts", lee, RolloutMCTSPlayer(game, simulations, mcts_uct_c, mcts_rollouts, seed))
+    # The pairings, longest first (the processes take them in order); each has its own seed (seed, k).
+    pairings = [("vs_mcts", lee, RolloutMCTSPlayer(game, simulations, mcts_uct_c, mcts_rollouts, seed))]
     if zero is not None:
-        timed("vs_zero", SearchPlayer(leaves, simulations, c_puct, sample_moves),
-              SearchPlayer(NetEvaluator(zero, board_size), simulations, c_puct, sample_moves))
-        files += sample_games(played["vs_zero"][:sgf_games], game, board_size, komi, reports_dir, "vs_zero", "alphago-lee", "alphago-zero")
+        pairings.append(("vs_zero", SearchPlayer(leaves, simulations, c_puct, sample_moves),
+                         SearchPlayer(NetEvaluator(zero, board_size), simulations, c_puct, sample_moves)))
+    pairings += [("vs_random", lee, RandomPlayer()),
+                 ("vs_random_net", NetPlayer(SensibleEvaluator(model.rl, board_size)), RandomPlayer()),
+                 ("vs_random_sl_net", NetPlayer(SensibleEvaluator(model.sl, board_size)), RandomPlayer())]
+    played = play_matches(game, [Pairing(name, a, b, games, (seed, k)) for k, (name, a, b) in enumerate(pairings)], workers)
+    for name, *_ in pairings:
+        metrics.update(rates(name, played[name][0]))
+        metrics[f"test/seconds_{name}"] = round(played[name][1], 1)
+    if zero is not None:
+        files += sample_games(played["vs_zero"][0][:sgf_games], game, board_size, komi, reports_dir, "vs_zero", "alphago-lee", "alphago-zero")
     metrics["test/simulations"] = float(simulations)
     metrics["test/lambda"] = float(lam)
     metrics["test/leaf_evals_per_s"] = leaves.evaluations / max(leaves.seconds, 1e-9)  # SL + value nets + one rollout
     for key, threshold in (thresholds or {}).items():
         if f"test/{key}" in metrics:
             metrics[f"accept/{key}"] = float(metrics[f"test/{key}"] >= threshold)
-    files += sample_games(played["vs_mcts"][:sgf_games], game, board_size, komi, reports_dir, "vs_mcts", "alphago-lee", "openspiel-mcts")
+    files += sample_games(played["vs_mcts"][0][:sgf_games], game, board_size, komi, reports_dir, "vs_mcts", "alphago-lee", "openspiel-mcts")
     write_json(reports_dir / "summary.json", metrics)
     files.append(reports_dir / "summary.json")
     return metrics, files

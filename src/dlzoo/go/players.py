@@ -7,6 +7,8 @@ A player is `choose(states, rng) -> actions` for a list of states where it is to
   (`sample_moves` > 0: the first moves of a game sampled in proportion to the visits, so that two
   deterministic players do not replay one game);
 - `RolloutMCTSPlayer`: OpenSpiel's MCTSBot with random rollouts (the classic baseline), one state at a time.
+
+`play_matches` plays several pairings in parallel processes (dlzoo.go.parallel), each from its own seed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from dlzoo.go.game import encode
 from dlzoo.go.mcts import most_visited, search
+from dlzoo.go.parallel import fork_map
 
 
 class NetEvaluator:
@@ -121,3 +124,41 @@ def play_match(game, a, b, num_games: int, rng: np.random.Generator) -> list[Gam
     for g, s in zip(games, states):
         g.returns = tuple(s.returns())
     return games
+
+
+@dataclass
+class Pairing:
+    name: str
+    a: object
+    b: object
+    games: int
+    seed: int | tuple   # np.random.default_rng(seed) plays this pairing's random choices
+
+
+def _evaluators(pairing: Pairing) -> list:
+    """The distinct leaf evaluators of a pairing's players (whose counters the parent keeps)."""
+    found = [getattr(p, "evaluator", None) for p in (pairing.a, pairing.b)]
+    return [e for k, e in enumerate(found) if e is not None and hasattr(e, "evaluations") and e not in found[:k]]
+
+
+def _play_pairing(game, pairing: Pairing) -> tuple[list[Game], float, list[tuple[int, float]]]:
+    evaluators = _evaluators(pairing)
+    before = [(e.evaluations, e.seconds) for e in evaluators]
+    t0 = time.perf_counter()
+    games = play_match(game, pairing.a, pairing.b, pairing.games, np.random.default_rng(pairing.seed))
+    return games, time.perf_counter() - t0, [(e.evaluations - n, e.seconds - s) for e, (n, s) in zip(evaluators, before)]
+
+
+def play_matches(game, pairings: list[Pairing], workers: int = 1) -> dict[str, tuple[list[Game], float]]:
+    """name -> (games, seconds) of each pairing, played in up to `workers` processes (dlzoo.go.parallel; list
+    the longest first). Each pairing's games depend only on its seed. The evaluators' counters (evaluations,
+    seconds) of a pairing played in a child are added to the parent's objects."""
+    results = fork_map(_play_pairing, [(game, p) for p in pairings], workers)
+    forked = workers > 1 and len(pairings) > 1
+    out = {}
+    for pairing, (games, seconds, counts) in zip(pairings, results):
+        for e, (n, s) in zip(_evaluators(pairing), counts if forked else []):
+            e.evaluations += n
+            e.seconds += s
+        out[pairing.name] = (games, seconds)
+    return out

@@ -27,8 +27,8 @@ from dlzoo.config import build
 from dlzoo.errors import ConfigError
 from dlzoo.go.game import load_game
 from dlzoo.go.net import cpu_state, go_device
-from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, SearchPlayer, play_match
-from dlzoo.go.selfplay import self_play
+from dlzoo.go.players import NetEvaluator, NetPlayer, Pairing, RandomPlayer, SearchPlayer, play_matches
+from dlzoo.go.selfplay import self_play_parts
 
 GENERATIONS_DIR = "generations"        # in the model dir: gen_000.pt, gen_001.pt, ... (state_dicts)
 GENERATIONS_CSV = "generations.csv"    # in the model dir: one row per generation (gating, throughput)
@@ -43,6 +43,13 @@ def check_args(fn, unknown: dict, **positive) -> None:
     for key, value in positive.items():
         if value is None or not value > 0:
             raise ConfigError(f"runner.{key} must be positive, got {value!r}")
+
+
+def _split_even(games: int, parts: int) -> list[int]:
+    """`games` in up to `parts` even-sized parts (even, so that each part alternates the colours evenly)."""
+    pairs = games // 2
+    parts = max(1, min(parts, pairs))
+    return [2 * (pairs // parts + (k < pairs % parts)) for k in range(parts)] + ([1] if games % 2 else [])
 
 
 def train_step(net, opt, planes: torch.Tensor, pi: torch.Tensor, z: torch.Tensor) -> dict:
@@ -60,16 +67,18 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
           batch_size: int = 256, learning_rate: float = 1e-3, weight_decay: float = 1e-4, window_generations: int = 8,
           c_puct: float = 1.5, dirichlet_alpha: float = 0.5, noise_fraction: float = 0.25, temperature_moves: int = 6,
           arena_games: int = 40, arena_simulations: int = 32, arena_sample_moves: int = 2, gate_win_rate: float = 0.55,
-          val_games: int = 50, max_seconds: float = 1e9, threads: int = 1, **unknown) -> dict:
+          val_games: int = 50, max_seconds: float = 1e9, threads: int = 1, workers: int = 2, **unknown) -> dict:
     check_args(train, unknown, generations=generations, games_per_generation=games_per_generation,
                simulations=simulations, train_steps=train_steps, batch_size=batch_size, window_generations=window_generations,
-               arena_games=arena_games, arena_simulations=arena_simulations, val_games=val_games, max_seconds=max_seconds)
+               arena_games=arena_games, arena_simulations=arena_simulations, val_games=val_games, max_seconds=max_seconds,
+               workers=workers)
     if not 0.5 <= gate_win_rate <= 1.0:
         raise ConfigError(f"runner.gate_win_rate must lie in [0.5, 1], got {gate_win_rate!r}")
     n = int(cfg.game.board_size)
     game = load_game(n, cfg.game.komi, cfg.game.supported_sizes)   # refuses an unsupported board size first
     device = go_device(cfg.trainer.get("accelerator", "cpu"))
     learner = build(cfg.model, "model").to(device)
+    processes = workers if device.type == "cpu" else 1   # forked processes cannot share a CUDA context
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -78,6 +87,7 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
 
         client(ctx.tracking_uri).log_param(ctx.run_id, "hardware/torch_threads", threads)
         client(ctx.tracking_uri).log_param(ctx.run_id, "hardware/go_device", str(device))
+        client(ctx.tracking_uri).log_param(ctx.run_id, "hardware/go_processes", processes)
     ctx.total_epochs = generations
     gen_dir = Path(ctx.model_dir) / GENERATIONS_DIR
     gen_dir.mkdir(parents=True, exist_ok=True)
@@ -93,15 +103,15 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
         if time.perf_counter() - start >= max_seconds:
             stopped_by = "max_seconds"
             break
-        # 1-2. self-play by the best network, into the replay window
-        evaluator = NetEvaluator(best, n)
-        data, sp = self_play(game, evaluator, n, games_per_generation, simulations, rng, c_puct=c_puct,
-                             dirichlet_alpha=dirichlet_alpha, noise_fraction=noise_fraction,
-                             temperature_moves=temperature_moves)
+        # 1-2. self-play by the best network, into the replay window (in `workers` parts, each with its own seed)
+        data, sp = self_play_parts(game, lambda net=best: NetEvaluator(net, n), n, games_per_generation, simulations,
+                                   rng.integers(0, 2**63 - 1, size=workers), processes, c_puct=c_puct,
+                                   dirichlet_alpha=dirichlet_alpha, noise_fraction=noise_fraction,
+                                   temperature_moves=temperature_moves)
         totals["positions"] += sp["positions"]
         totals["selfplay_seconds"] += sp["seconds"]
-        totals["evaluations"] += evaluator.evaluations
-        totals["eval_seconds"] += evaluator.seconds
+        totals["evaluations"] += sp["evaluations"]
+        totals["eval_seconds"] += sp["eval_seconds"]
         window = (window + [data])[-window_generations:]
         planes = torch.from_numpy(np.concatenate([d["planes"] for d in window]))
         pis = torch.from_numpy(np.concatenate([d["pi"] for d in window]))
@@ -116,17 +126,23 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
         learner.eval()
         train_seconds = time.perf_counter() - t0
         torch.save(cpu_state(learner), gen_dir / f"gen_{gen:03d}.pt")
-        # 4. gating: learner against the best, search on both sides
+        # 4. gating: learner against the best, search on both sides (the arena in `workers` parts), and the best
+        # network alone against random
         t0 = time.perf_counter()
-        arena = play_match(game, SearchPlayer(NetEvaluator(learner, n), arena_simulations, c_puct, arena_sample_moves),
-                           SearchPlayer(NetEvaluator(best, n), arena_simulations, c_puct, arena_sample_moves),
-                           arena_games, rng)
+        learner_player = SearchPlayer(NetEvaluator(learner, n), arena_simulations, c_puct, arena_sample_moves)
+        best_player = SearchPlayer(NetEvaluator(best, n), arena_simulations, c_puct, arena_sample_moves)
+        seeds = rng.integers(0, 2**63 - 1, size=workers + 1)
+        parts = [Pairing(f"arena_{k}", learner_player, best_player, size, seeds[k])
+                 for k, size in enumerate(_split_even(arena_games, workers))]
+        played = play_matches(game, parts + [Pairing("vs_random", NetPlayer(NetEvaluator(best, n)), RandomPlayer(),
+                                                     val_games, seeds[-1])], processes)
+        arena = [g for p in parts for g in played[p.name][0]]
         arena_rate = float(np.mean([g.a_won for g in arena]))
         accepted = arena_rate >= gate_win_rate
         if accepted:
             best, best_generation = copy.deepcopy(learner).eval(), gen
         arena_seconds = time.perf_counter() - t0
-        vs_random = play_match(game, NetPlayer(NetEvaluator(best, n)), RandomPlayer(), val_games, rng)
+        vs_random = played["vs_random"][0]
         mean = {k: float(np.mean([l[k] for l in losses])) for k in losses[0]}
         row = {"epoch": gen - 1, "generation": gen, "seconds": round(time.perf_counter() - start, 1),
                **{f"train/{k}": v for k, v in mean.items()},
