@@ -1,11 +1,13 @@
 """The `champions` stage: each task's best family by its recipes' headline metric gets the registry alias
 `champion`; every registered family version carries the numbers its evaluate stage wrote, as version tags and as
-metrics of its MLflow 3 logged model; the alias moves when another family becomes the best."""
+metrics of its MLflow 3 logged model; the alias moves when another family becomes the best; evaluate and compress
+runs nest under their train run and each compressed variant is registered with its size, latency and metric."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -89,6 +91,60 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     mobilenet = client.get_model_version("digits-mobilenet", "1")
     assert [m.value for m in client.get_metric_history(mobilenet.run_id, "test/accuracy")] == [0.98, 0.995]
     assert mobilenet.tags["test/accuracy"] == "0.995"
+
+
+def test_evaluate_and_compress_runs_nest_under_their_train_run_and_variants_are_registered(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("digits")
+
+    def run(stage, **tags):
+        time.sleep(0.005)   # distinct start times: the newest compress run is the registered one
+        with mlflow.start_run(experiment_id=experiment_id, tags={"stage": stage, "task": "digits", **tags}) as r:
+            return r.info.run_id
+
+    train_id = run("train", family="cnn")
+    evaluate_id = run("evaluate", family="cnn", train_run_id=train_id)
+    stray_id = run("evaluate", family="cnn", train_run_id="0" * 32)   # its train run is in another store
+    old_id = run("compress", family="cnn", method="static-int8", parent_run_id=train_id)
+    compress_id = run("compress", family="cnn", method="static-int8", parent_run_id=train_id)
+    gone_id = run("compress", family="cnn", method="retired-method", parent_run_id=train_id)  # no metrics file
+    metrics = tmp_path / "metrics"
+    _write(metrics, "digits", "cnn", **{"test/accuracy": 0.99})
+    _write(metrics, "digits", "cnn-static-int8", **{"test/accuracy": 0.985, "size_mb": 0.3, "latency_ms_b32": 1.25,
+                                                     "num_params": 278890.0, "speedup_b1": 1.7})
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="champions", overrides=[f"tracking.uri={uri}", f"champions.metrics_dir={metrics}",
+                                                          f"champions.out_file={tmp_path / 'champions.json'}",
+                                                          "~champions.probabilities"])
+    GlobalHydra.instance().clear()
+
+    out = champions(cfg)
+    parent = {r: client.get_run(r).data.tags.get("mlflow.parentRunId") for r in (evaluate_id, stray_id, old_id,
+                                                                               compress_id, gone_id, train_id)}
+    assert parent == {evaluate_id: train_id, stray_id: None, old_id: train_id, compress_id: train_id,
+                      gone_id: train_id, train_id: None}
+    assert out["lineage"]["variants"] == ["digits-cnn-static-int8"]
+    (version,) = client.search_model_versions("name='digits-cnn-static-int8'")
+    assert version.run_id == compress_id and version.source == f"runs:/{compress_id}/compressed"   # the latest run
+    assert {k: version.tags[k] for k in ("test/accuracy", "size_mb", "latency_ms_b32", "num_params", "speedup_b1",
+                                          "method", "parent_model", "parent_run_id")} == {
+        "test/accuracy": "0.985", "size_mb": "0.3", "latency_ms_b32": "1.25", "num_params": "278890",
+        "speedup_b1": "1.7", "method": "static-int8", "parent_model": "digits-cnn", "parent_run_id": train_id}
+    assert not client.search_registered_models("name='digits-cnn-retired-method'")
+
+    champions(cfg)   # again: nothing new
+    assert len(client.search_model_versions("name='digits-cnn-static-int8'")) == 1
+    newer_id = run("compress", family="cnn", method="static-int8", parent_run_id=train_id)   # the stage re-ran
+    champions(cfg)
+    versions = {v.run_id: str(v.version) for v in client.search_model_versions("name='digits-cnn-static-int8'")}
+    assert versions == {compress_id: "1", newer_id: "2"}
 
 
 def test_the_digits_champion_is_served_offline_as_class_probabilities(workdir, make_cfg):

@@ -5,6 +5,7 @@ learning curve and metric history of an uninterrupted run with the same seed."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,3 +137,80 @@ def test_the_dataset_digest_is_the_one_dvc_lock_records(tmp_path, monkeypatch):
     before = content_digest(data)
     (data / "train.npz").write_bytes(b"124")
     assert content_digest(data) != before and len(before) == 32
+
+
+PROTOCOL = ["experiment=speech-fsdd-classification-wavenet-classifier", "profile=smoke", "trainer.max_epochs=3",
+            "hydra.run.dir=outputs/test"]
+
+
+def _protocol_workdir(path: Path) -> Path:
+    from test_wavenet import link_subset
+
+    path.mkdir()
+    cwd = os.getcwd()
+    os.chdir(path)
+    try:
+        raw = link_subset(path / "raw", takes={0, 5, 6, 7})
+        prepare_data(compose_config(*PROTOCOL[:2], f"data.prepare.raw_dir={raw}"))
+    finally:
+        os.chdir(cwd)
+    return path
+
+
+def test_a_killed_protocol_stage_resumes_its_fits_and_matches_an_uninterrupted_run(tmp_path):
+    """The spoken-digit classifier's protocol runner (further fits for seed 43 and two left-out speakers, then the
+    recipe's own), killed in its second fit's second epoch and started again: the finished fit is not trained
+    again, the interrupted one continues from its last epoch, the rest run; every fit's weights and MLflow history
+    are the uninterrupted run's, with one run per fit and the further fits nested under the stage's run."""
+    from mlflow import MlflowClient
+
+    command = [sys.executable, str(REPO / "pipelines/train.py"), *PROTOCOL]
+    killed, straight = _protocol_workdir(tmp_path / "killed"), _protocol_workdir(tmp_path / "straight")
+    proc = subprocess.Popen(command, cwd=killed, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = 0
+    for line in proc.stdout:
+        if "[loso-george] epoch " in line and "s/epoch" in line:
+            seen += 1
+            if seen == 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, "the stage ended by itself before loso-george's second epoch"
+    work = killed / "artifacts/models/speech-fsdd-classification-wavenet-classifier.protocol"
+    assert (work / "runs/seed-43/done.json").is_file() and (work / "runs/loso-george.resume/resume.json").is_file()
+    resumed = subprocess.run(command, cwd=killed, env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stderr + resumed.stdout
+    assert "[seed-43] epoch" not in log and "[loso-jackson] epoch 1/3" in log   # finished: not trained again
+    # loso-george from epoch 1's point, or epoch 2's if the kill came after the next epoch began
+    assert re.search(r"resuming speech-fsdd-classification-wavenet-classifier after epoch [12] ", log)
+    assert not work.exists()
+    done = subprocess.run(command, cwd=straight, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    model_dir = Path("artifacts/models/speech-fsdd-classification-wavenet-classifier")
+    for ckpt in ["best.ckpt", *(f"runs/{n}/best.ckpt" for n in ("seed-43", "loso-george", "loso-jackson"))]:
+        a = torch.load(killed / model_dir / ckpt, weights_only=True)["state_dict"]
+        b = torch.load(straight / model_dir / ckpt, weights_only=True)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), ckpt
+
+    def runs(cwd):
+        client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("speech-fsdd-classification")
+        found = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
+        by_name = {r.data.tags.get("protocol_run", "main"): r for r in found}
+        assert len(by_name) == len(found) == 4, [r.data.tags.get("protocol_run") for r in found]   # one run per fit
+        return client, by_name
+
+    client_k, runs_k = runs(killed)
+    client_s, runs_s = runs(straight)
+    assert {n: r.data.tags.get("dlzoo.resumes") for n, r in runs_k.items()} == {
+        "main": "1", "seed-43": None, "loso-george": "1", "loso-jackson": None}
+    for name in ("seed-43", "loso-george", "loso-jackson"):
+        assert runs_k[name].data.tags["mlflow.parentRunId"] == runs_k["main"].info.run_id
+    for name, run_s in runs_s.items():
+        run_k = runs_k[name]
+        assert run_k.info.status == "FINISHED" and set(run_k.data.metrics) == set(run_s.data.metrics), name
+        for key in run_s.data.metrics:
+            assert _history(client_k, run_k, key) == _history(client_s, run_s, key), (name, key)
+        assert "lr-AdamW" in run_s.data.metrics, name

@@ -85,7 +85,7 @@ def test_the_launcher_param_reaches_the_resumable_train_stages(generated):
         stage = generated.get(f"train_{name}")
         if stage is None:
             continue
-        resumable = compose_config(f"experiment={name}").runner._target_ == stage_table.RESUMABLE_RUNNER
+        resumable = compose_config(f"experiment={name}").runner._target_ in stage_table.RESUMABLE_RUNNERS
         assert ("+launcher=${launcher}" in stage["cmd"]) == resumable, name
         assert ("launcher" in stage["params"]) == resumable and ("src/dlzoo/cluster.py" in stage["deps"]) == resumable, name
     assert "+launcher=${launcher}" in generated["train_digits-cnn"]["cmd"]
@@ -170,12 +170,21 @@ def test_readme_results_are_the_metrics_files():
 
 
 def test_every_compression_report_is_a_dvc_plot(generated):
-    """dvc.yaml's top-level plots: one size-against-headline scatter per compress-report stage, on its table."""
+    """dvc.yaml's top-level plots: one size-against-headline scatter per compress-report stage, on its table, and
+    one latency-against-headline scatter for each task whose recipe declares its latency (`results.latency`)."""
+    from dlzoo.results import task_tables
+
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
     reports = {name.split("_", 1)[1]: stage for name, stage in generated.items() if name.startswith("compress-report_")}
-    assert {next(iter(p)).removeprefix("compression/") for p in plots} == set(reports)
+    tables = task_tables()
+    ids = [next(iter(p)) for p in plots]
+    assert {i.removeprefix("compression/") for i in ids if i.startswith("compression/")} == set(reports)
+    assert {i.removeprefix("compression-latency/") for i in ids if i.startswith("compression-latency/")} == {
+        t for t in reports if tables[t].get("latency")} >= {"digits", "translation-en-ja"}
     for plot in plots:
         (plot_id, spec), = plot.items()
+        kind, task = plot_id.split("/")
         (table, metric), = spec["y"].items()
-        assert table == f"{reports[plot_id.removeprefix('compression/')]['outs'][0]}/compression.csv"
-        assert spec["x"] == "size_mb" and metric.startswith("test/")
+        assert table == f"{reports[task]['outs'][0]}/compression.csv"
+        assert metric == tables[task]["metric"] and metric.startswith("test/")
+        assert spec["x"] == ("size_mb" if kind == "compression" else tables[task]["latency"])

@@ -214,7 +214,7 @@ def _raw_data(cfg) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the stage table
-RESUMABLE_RUNNER = "dlzoo.training.supervised.fit"
+RESUMABLE_RUNNERS = ("dlzoo.training.supervised.fit", "dlzoo.training.protocol.fit_runs")   # resume a killed stage
 
 
 def _launcher(cfg) -> tuple[str, list[str], list[str]]:
@@ -224,7 +224,7 @@ def _launcher(cfg) -> tuple[str, list[str], list[str]]:
     may be pre-empted and requeued, and only that runner continues from its last epoch instead of starting over.
     The launcher's code (its Hydra callbacks, dlzoo.cluster) is a dependency; its settings (the group's files,
     partition, CPUs, memory) are not, because where a job runs does not change what it computes."""
-    if OmegaConf.select(cfg, "runner._target_") != RESUMABLE_RUNNER:
+    if OmegaConf.select(cfg, "runner._target_") not in RESUMABLE_RUNNERS:
         return "", [], []
     return " +launcher=${launcher}", ["launcher"], _rel(import_closure([], ["dlzoo.cluster"]))
 
@@ -329,7 +329,8 @@ def build_tables() -> dict[str, dict]:
                 prepare[extra] = prepare_stage(*composer.compose("config", [f"data={extra}"]))
     cross = four_tasks_stage(composer)
     published = champions_stage(composer, recipe_files,
-                                [stage for name, stage in evaluate.items() if ("evaluate", name) not in pinned])
+                                [stage for name, stage in evaluate.items() if ("evaluate", name) not in pinned]
+                                + [stage for name, stage in compress.items() if ("compress", name) not in pinned])
     tables: dict[str, dict] = {PIPELINE: {}}
     for kind, table in (("prepare", prepare), ("train", train), ("evaluate", evaluate), ("baselines", baselines),
                         ("compress", compress), ("compress-report", reports), ("report", cross)):
@@ -385,13 +386,14 @@ def four_tasks_stage(composer: Composer) -> dict:
     }}
 
 
-def champions_stage(composer: Composer, recipe_files: list[Path], evaluate_stages: list[dict]) -> dict:
-    """`champions` (conf/champions.yaml): after every evaluate stage of the default pipeline, each task's best
-    family gets the registry alias `champion`. It reads their metrics files and composes every recipe (for the
-    tasks' headline metrics), so it depends on those files and on every config file the recipes load."""
+def champions_stage(composer: Composer, recipe_files: list[Path], measured_stages: list[dict]) -> dict:
+    """`champions` (conf/champions.yaml): after every evaluate and compress stage of the default pipeline, each
+    task's best family gets the registry alias `champion` and each compressed variant is registered. It reads
+    their metrics files and composes every recipe (for the tasks' headline metrics), so it depends on those
+    files and on every config file the recipes load."""
     cfg, files = composer.compose("champions", [])
     conf = list(files) + recipe_files
-    metrics = [next(iter(m)) for stage in evaluate_stages for m in stage["metrics"]]
+    metrics = [next(iter(m)) for stage in measured_stages for m in stage["metrics"]]
     deps = _code_deps("pipelines/champions.py", cfg) + _rel(conf) + metrics
     return {
         "cmd": "python pipelines/champions.py",
@@ -401,9 +403,9 @@ def champions_stage(composer: Composer, recipe_files: list[Path], evaluate_stage
 
 
 def compression_plots(stages: dict, prefix: str = "") -> list[dict]:
-    """Top-level `plots` (not a stage's, so no stage's hash moves): each task's compression trade-off, size
-    against the headline metric, from the table its compress-report stage writes; `dvc plots show` draws it
-    and `dvc plots diff` compares it between experiments and commits."""
+    """Top-level `plots` (not a stage's, so no stage's hash moves): each task's compression trade-offs, size
+    and (where the task declares one) latency against the headline metric, from the table its compress-report
+    stage writes; `dvc plots show` draws them and `dvc plots diff` compares them between experiments and commits."""
     plots, composer = [], None
     for name, stage in stages.items():
         if not name.startswith(f"compress-report{SEP}"):
@@ -415,6 +417,10 @@ def compression_plots(stages: dict, prefix: str = "") -> list[dict]:
         plots.append({f"compression/{rcfg.task}": {
             "template": "scatter", "x": "size_mb", "y": {table: rcfg.report.metric},
             "title": f"{rcfg.task}: compressed variants, file size (MB) against {rcfg.report.metric}"}})
+        if rcfg.report.get("latency"):   # the task's declared latency (`results.latency`), where it has one
+            plots.append({f"compression-latency/{rcfg.task}": {
+                "template": "scatter", "x": rcfg.report.latency, "y": {table: rcfg.report.metric},
+                "title": f"{rcfg.task}: compressed variants, {rcfg.report.latency} against {rcfg.report.metric}"}})
     return plots
 
 

@@ -16,6 +16,8 @@ version carries the held-out numbers its evaluate stage measured.
 - A family without a registered version in this store (its train stage ran elsewhere, or
   `tracking.register_model=false` as on the smoke profile) is named in one log line; the choice is still written.
 - Profile-only tasks (`only_profile`) are left out: their stages live in another pipeline file.
+- Then the lineage (dlzoo.tracking.variants): evaluate and compress runs nested under their train runs, and each
+  compressed variant registered as `<task>-<family>-<method>` with its size, latency and metric as tags.
 
     python pipelines/champions.py        (the `champions` stage; `models:/<task>-<family>@champion` afterwards)
 """
@@ -127,6 +129,7 @@ def champions(cfg) -> dict:
     """The `champions` stage: choose, write metrics/champions.json, publish to the store."""
     from dlzoo.results import BASELINES, task_tables
     from dlzoo.tracking import resolve_tracking_uri
+    from dlzoo.tracking.variants import publish_lineage
 
     metrics_dir = Path(cfg.champions.metrics_dir)
     tasks = {t: e for t, e in task_tables().items() if not e["only_profile"]}
@@ -140,10 +143,12 @@ def champions(cfg) -> dict:
     chosen = choose(tasks, metrics_dir)
     keep = ("family", "metric", "mode", "value", "runner_up", "runner_up_value")
     write_json(Path(cfg.champions.out_file), {t: {k: c[k] for k in keep} for t, c in chosen.items()})
-    done = publish(chosen, tasks, resolve_tracking_uri(cfg.tracking.uri), probabilities)
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    done = publish(chosen, tasks, uri, probabilities)
+    lineage = publish_lineage(tasks, metrics_dir, uri)
     for task, choice in chosen.items():
         log.info("champion of %s: %s (%s = %.4g)", task, choice["family"], choice["metric"], choice["value"])
     if done["missing"]:
         log.info("not registered in %s (train stage run elsewhere, or tracking.register_model=false): %s",
                  cfg.tracking.uri, ", ".join(done["missing"]))
-    return {"chosen": chosen, **done}
+    return {"chosen": chosen, **done, "lineage": lineage}
