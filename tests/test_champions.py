@@ -24,6 +24,16 @@ def _write(metrics_dir, task, family, **values):
     path.write_text(json.dumps(values))
 
 
+def _store_config(uri: str, metrics_dir, out_file):
+    """The champions stage's config on a test store and metrics folder, without probability wrappers."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="champions", overrides=[f"tracking.uri={uri}", f"champions.metrics_dir={metrics_dir}",
+                                                          f"champions.out_file={out_file}", "~champions.probabilities"])
+    GlobalHydra.instance().clear()
+    return cfg
+
+
 def test_choose_follows_each_tasks_direction_and_skips_what_is_missing(tmp_path):
     _write(tmp_path, "digits", "cnn", **{"test/accuracy": 0.98})
     _write(tmp_path, "digits", "densenet", **{"test/accuracy": 0.99})
@@ -60,13 +70,8 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     _write(metrics, "digits", "cnn", **{"test/accuracy": 0.99, "latency_ms_b1": 0.3, "test/loss": 0.05})
     _write(metrics, "digits", "mobilenet", **{"test/accuracy": 0.98, "latency_ms_b1": 0.4})
     _write(metrics, "digits", "densenet", **{"test/accuracy": 0.5})   # evaluated, but trained on another machine
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        # the trained versions themselves carry the alias here (probability wrappers: the serving test below)
-        cfg = compose(config_name="champions", overrides=[f"tracking.uri={uri}", f"champions.metrics_dir={metrics}",
-                                                          f"champions.out_file={tmp_path / 'champions.json'}",
-                                                          "~champions.probabilities"])
-    GlobalHydra.instance().clear()
+    # the trained versions themselves carry the alias here (probability wrappers: the serving test below)
+    cfg = _store_config(uri, metrics, tmp_path / "champions.json")
 
     out = champions(cfg)
     client = MlflowClient(uri)
@@ -118,12 +123,7 @@ def test_evaluate_and_compress_runs_nest_under_their_train_run_and_variants_are_
     _write(metrics, "digits", "cnn", **{"test/accuracy": 0.99})
     _write(metrics, "digits", "cnn-static-int8", **{"test/accuracy": 0.985, "size_mb": 0.3, "latency_ms_b32": 1.25,
                                                      "num_params": 278890.0, "speedup_b1": 1.7})
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="champions", overrides=[f"tracking.uri={uri}", f"champions.metrics_dir={metrics}",
-                                                          f"champions.out_file={tmp_path / 'champions.json'}",
-                                                          "~champions.probabilities"])
-    GlobalHydra.instance().clear()
+    cfg = _store_config(uri, metrics, tmp_path / "champions.json")
 
     out = champions(cfg)
     parent = {r: client.get_run(r).data.tags.get("mlflow.parentRunId") for r in (evaluate_id, stray_id, old_id,
