@@ -21,6 +21,7 @@ from dlzoo.go.game import augment, encode, load_game, transform_board, transform
 from dlzoo.errors import ConfigError
 from dlzoo.go.mcts import most_visited, search, uniform_evaluator
 from dlzoo.go.net import ZeroNet, go_device
+from dlzoo.go.parallel import split_sizes
 from dlzoo.go.players import NetEvaluator, NetPlayer, Pairing, RandomPlayer, SearchPlayer, play_matches
 from dlzoo.go.selfplay import self_play_parts
 
@@ -106,6 +107,14 @@ def test_games_in_forked_processes_equal_the_games_played_in_order():
     assert evaluations > 0 and selfplay_evaluations > 0
 
 
+def test_games_split_into_near_equal_parts_of_whole_colour_pairs():
+    assert split_sizes(40, 2, multiple=2) == [20, 20]
+    assert split_sizes(42, 4, multiple=2) == [12, 10, 10, 10]
+    assert split_sizes(41, 2, multiple=2) == [20, 20, 1]   # the odd game as a part of its own (its own seed)
+    assert split_sizes(1, 2, multiple=2) == [1] and split_sizes(0, 2) == []
+    assert split_sizes(5, 2) == [3, 2] and split_sizes(3, 8) == [1, 1, 1]
+
+
 def test_the_zero_network_computes_where_the_trainer_says(monkeypatch):
     assert go_device("cpu").type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -179,6 +188,13 @@ def test_smoke_self_play_train_arena_loop(smoke_run):
     assert checkpoint["generation"] == summary["best_generation"] and checkpoint["board_size"] == 5
     curve = (cwd / "plots/go-5x5/alphago-zero/learning_curve.csv").read_text().splitlines()
     assert len(curve) == 3 and "val/arena_win_rate" in curve[0]
+    # the best network's rate against random is the accepted learner's, and is carried while no learner is accepted
+    rows = list(csv.DictReader(curve))
+    for before, row in zip([None] + rows, rows):
+        if float(row["val/accepted"]):
+            assert row["val/net_win_rate_vs_random"] == row["val/learner_win_rate_vs_random"]
+        elif before is not None:
+            assert row["val/net_win_rate_vs_random"] == before["val/net_win_rate_vs_random"]
     metrics = json.loads((cwd / "metrics/go-5x5/alphago-zero.json").read_text())
     for name in ("vs_random", "vs_random_net", "vs_mcts", "last_vs_first"):
         for colour in ("", "_as_black", "_as_white"):

@@ -32,7 +32,7 @@ from dlzoo.config import build
 from dlzoo.go.game import augment, encode, load_game
 from dlzoo.go.mcts import most_visited, search
 from dlzoo.go.net import ZeroNet
-from dlzoo.go.parallel import fork_map
+from dlzoo.go.parallel import fork_map, split_sizes
 from dlzoo.go.players import NetEvaluator, NetPlayer, RandomPlayer, SearchPlayer, play_match
 from dlzoo.go.zero import check_args
 
@@ -194,8 +194,7 @@ def searcher_games_parts(game, board_size: int, num_games: int, simulations: int
                          seeds, workers: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """`searcher_games` split into len(seeds) parts (part k from np.random.default_rng(seeds[k])), in up to
     `workers` processes (dlzoo.go.parallel): the same games whatever `workers` is."""
-    parts = min(len(seeds), num_games)
-    sizes = [num_games // parts + (k < num_games % parts) for k in range(parts)]
+    sizes = split_sizes(num_games, len(seeds))
     start = time.perf_counter()
     results = fork_map(_searcher_part, [(game, board_size, size, simulations, c_puct, sample_moves, seed)
                                         for size, seed in zip(sizes, seeds)], workers)

@@ -31,6 +31,15 @@ def _run(k: int, forked: bool = True):
     return fn(*calls[k])
 
 
+def split_sizes(total: int, parts: int, multiple: int = 1) -> list[int]:
+    """`total` games in at most `parts` near-equal parts, each a multiple of `multiple` (2: each part alternates
+    the colours evenly), and a remainder below `multiple` as one more part: sizes depend on `parts` alone."""
+    units, rest = divmod(total, multiple)
+    parts = max(1, min(parts, units))
+    sizes = [multiple * (units // parts + (k < units % parts)) for k in range(parts)] if units else []
+    return sizes + ([rest] if rest else [])
+
+
 def fork_map(fn: Callable, calls: list[tuple], workers: int) -> list:
     """[fn(*args) for args in calls], in up to `workers` processes at a time (in this process when workers <= 1).
     The processes take the calls in order: list the longest first."""

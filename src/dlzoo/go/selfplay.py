@@ -12,7 +12,7 @@ import numpy as np
 
 from dlzoo.go.game import augment, encode
 from dlzoo.go.mcts import most_visited, search
-from dlzoo.go.parallel import fork_map
+from dlzoo.go.parallel import fork_map, split_sizes
 
 
 def self_play(game, evaluator, board_size: int, num_games: int, simulations: int, rng: np.random.Generator, *,
@@ -60,8 +60,7 @@ def self_play_parts(game, make_evaluator, board_size: int, num_games: int, simul
                     **options) -> tuple[dict, dict]:
     """`self_play` of num_games split into len(seeds) parts (part k from np.random.default_rng(seeds[k])), in up
     to `workers` processes: the same data whatever `workers` is. `make_evaluator()` builds each part's evaluator."""
-    parts = min(len(seeds), num_games)
-    sizes = [num_games // parts + (k < num_games % parts) for k in range(parts)]
+    sizes = split_sizes(num_games, len(seeds))
     start = time.perf_counter()
     results = fork_map(_part, [(game, make_evaluator, board_size, size, simulations, seed, options)
                                for size, seed in zip(sizes, seeds)], workers)

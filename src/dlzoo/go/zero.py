@@ -27,6 +27,7 @@ from dlzoo.config import build
 from dlzoo.errors import ConfigError
 from dlzoo.go.game import load_game
 from dlzoo.go.net import cpu_state, go_device
+from dlzoo.go.parallel import split_sizes
 from dlzoo.go.players import NetEvaluator, NetPlayer, Pairing, RandomPlayer, SearchPlayer, play_matches
 from dlzoo.go.selfplay import self_play_parts
 
@@ -45,11 +46,8 @@ def check_args(fn, unknown: dict, **positive) -> None:
             raise ConfigError(f"runner.{key} must be positive, got {value!r}")
 
 
-def _split_even(games: int, parts: int) -> list[int]:
-    """`games` in up to `parts` even-sized parts (even, so that each part alternates the colours evenly)."""
-    pairs = games // 2
-    parts = max(1, min(parts, pairs))
-    return [2 * (pairs // parts + (k < pairs % parts)) for k in range(parts)] + ([1] if games % 2 else [])
+def _win_rate(games) -> float:
+    return float(np.mean([g.a_won for g in games]))
 
 
 def train_step(net, opt, planes: torch.Tensor, pi: torch.Tensor, z: torch.Tensor) -> dict:
@@ -96,6 +94,10 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
     torch.save(cpu_state(best), gen_dir / "gen_000.pt")
     ctx.save_checkpoint(cpu_state(best), 0, board_size=n, generation=0)
     opt = torch.optim.Adam(learner.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    # The best network's games against random, played once per network: by each learner beside its gating arena
+    # (both cores busy), kept if the learner is accepted. Generation 0's from a seed outside the runner's stream.
+    best_vs_random = _win_rate(play_matches(game, [Pairing("vs_random", NetPlayer(NetEvaluator(best, n)),
+                                                           RandomPlayer(), val_games, (cfg.seed, 0))])["vs_random"][0])
     window: list[dict] = []
     rows, totals = [], {"positions": 0, "selfplay_seconds": 0.0, "evaluations": 0, "eval_seconds": 0.0}
     start, stopped_by = time.perf_counter(), "generations"
@@ -126,23 +128,22 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
         learner.eval()
         train_seconds = time.perf_counter() - t0
         torch.save(cpu_state(learner), gen_dir / f"gen_{gen:03d}.pt")
-        # 4. gating: learner against the best, search on both sides (the arena in `workers` parts), and the best
-        # network alone against random
+        # 4. gating: learner against the best, search on both sides (the arena in `workers` parts), and the
+        # learner alone against random
         t0 = time.perf_counter()
         learner_player = SearchPlayer(NetEvaluator(learner, n), arena_simulations, c_puct, arena_sample_moves)
         best_player = SearchPlayer(NetEvaluator(best, n), arena_simulations, c_puct, arena_sample_moves)
-        seeds = rng.integers(0, 2**63 - 1, size=workers + 1)
-        parts = [Pairing(f"arena_{k}", learner_player, best_player, size, seeds[k])
-                 for k, size in enumerate(_split_even(arena_games, workers))]
-        played = play_matches(game, parts + [Pairing("vs_random", NetPlayer(NetEvaluator(best, n)), RandomPlayer(),
+        sizes = split_sizes(arena_games, workers, multiple=2)
+        seeds = rng.integers(0, 2**63 - 1, size=len(sizes) + 1)
+        parts = [Pairing(f"arena_{k}", learner_player, best_player, size, seeds[k]) for k, size in enumerate(sizes)]
+        played = play_matches(game, parts + [Pairing("vs_random", NetPlayer(NetEvaluator(learner, n)), RandomPlayer(),
                                                      val_games, seeds[-1])], processes)
-        arena = [g for p in parts for g in played[p.name][0]]
-        arena_rate = float(np.mean([g.a_won for g in arena]))
+        arena_rate = _win_rate([g for p in parts for g in played[p.name][0]])
         accepted = arena_rate >= gate_win_rate
         if accepted:
             best, best_generation = copy.deepcopy(learner).eval(), gen
+            best_vs_random = _win_rate(played["vs_random"][0])
         arena_seconds = time.perf_counter() - t0
-        vs_random = played["vs_random"][0]
         mean = {k: float(np.mean([l[k] for l in losses])) for k in losses[0]}
         row = {"epoch": gen - 1, "generation": gen, "seconds": round(time.perf_counter() - start, 1),
                **{f"train/{k}": v for k, v in mean.items()},
@@ -150,7 +151,8 @@ def train(cfg, ctx, *, generations: int, games_per_generation: int, simulations:
                "train/positions_per_s": sp["positions_per_s"], "train/evals_per_s": sp["evals_per_s"],
                "train/window_examples": len(zs),
                "val/arena_win_rate": arena_rate, "val/accepted": float(accepted), "val/best_generation": best_generation,
-               "val/net_win_rate_vs_random": float(np.mean([g.a_won for g in vs_random]))}
+               "val/net_win_rate_vs_random": best_vs_random,   # the best network's, after gating
+               "val/learner_win_rate_vs_random": _win_rate(played["vs_random"][0])}
         rows.append({**row, "selfplay_seconds": round(sp["seconds"], 2), "train_seconds": round(train_seconds, 2),
                      "arena_seconds": round(arena_seconds, 2)})
         ctx.log_metrics({k: v for k, v in row.items() if "/" in k}, step=gen)

@@ -100,7 +100,6 @@ def fit_runs(cfg: DictConfig, ctx: RunContext, seeds: list[int] | None = None, f
         child = RunContext(sub, ctx.tracking_uri, is_main=ctx.is_main, open_run=lambda s=sub, n=name: _open_child(s, ctx, n),
                            total_epochs=cfg.trainer.get("max_epochs"))
         child.name = f"{ctx.name}[{name}]"
-        start = time.perf_counter()
         try:
             sub_result = fit(sub, child, copy.deepcopy(callbacks))
         finally:
