@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -20,7 +21,7 @@ from torchvision.transforms import v2
 
 from dlzoo.data.coco import CocoDataModule, CocoDetectionDataset
 from dlzoo.data.shapes import prepare as prepare_shapes
-from dlzoo.evaluation.detection import coco_box_iou
+from dlzoo.evaluation.detection import PR_CURVE, coco_box_iou
 from dlzoo.evaluation.detection import evaluate as evaluate_detection
 from dlzoo.evaluation.evaluate import evaluate
 from dlzoo.training.train import train
@@ -165,7 +166,8 @@ def test_evaluator_on_prepared_and_external_coco(workdir, make_cfg):
     assert {"test/map", "test/map_50", "test/map_75"} <= set(metrics)
     assert all(-1 <= metrics[k] <= 1 for k in metrics if k.startswith("test/ap/") or "map" in k)
     assert {k.removeprefix("test/ap/") for k in metrics if k.startswith("test/ap/")} <= {"circle", "square", "triangle"}
-    assert [f.name for f in files] == ["detections.png", "ood_detections.png"] and files[0].stat().st_size > 0
+    assert [f.name for f in files] == ["detections.png", "pr_curve.csv", "ood_detections.png", "ood_pr_curve.csv"]
+    assert files[0].stat().st_size > 0
     # the recipe's out-of-distribution split (drawn by the second generator setting) scored beside it
     assert metrics["ood/num_examples"] == 4 and {"ood/map", "ood/map_50", "ood/map_50_kept", "ood/passed"} <= set(metrics)
     if metrics["test/map_50"] > 0:
@@ -237,13 +239,22 @@ def test_crowd_regions_count_as_in_cocoeval(crowd, workdir):
                     for b, s in zip(boxes, scores)]
 
     metrics, _ = evaluate_detection(Detector(), datamodule, workdir / "reports")
+    # the precision-recall table (IoU 0.5) at COCO's 101 recall levels, precision interpolated from the right
+    curve = pd.read_csv(workdir / "reports" / PR_CURVE)
+    assert list(curve.columns) == ["class", "recall", "precision"] and set(curve["class"]) == {"person"}
+    assert len(curve) == 101 and curve["recall"].iloc[-1] == 1.0
     if crowd:
         assert metrics["test/num_objects"] == 2
         assert metrics["test/map"] == pytest.approx(1.0) and metrics["test/mar_100"] == pytest.approx(1.0)
         assert metrics["test/ap/person"] == pytest.approx(1.0)
+        assert (curve["precision"] == 1.0).all()
     else:
         assert metrics["test/num_objects"] == 4
         assert metrics["test/map"] < 0.5 and metrics["test/mar_100"] == pytest.approx(0.5)
+        # ranked: a false positive (IoU 0.44 with the former crowd box), then two hits: recall 1/4, 2/4 at
+        # precision 1/2, 2/3; interpolated, 2/3 up to recall 0.5 and nothing beyond
+        low, high = curve[curve["recall"] <= 0.5], curve[curve["recall"] > 0.5]
+        assert low["precision"].to_numpy() == pytest.approx(2 / 3, abs=1e-6) and (high["precision"] == 0).all()
 
 
 # ------------------------------------------------------------------------------------ smoke fit

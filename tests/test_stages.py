@@ -5,7 +5,9 @@ recorded in dvc.lock is the file in the tree (results come from running stages, 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -174,7 +176,8 @@ def test_every_compression_report_is_a_dvc_plot(generated):
     one latency-against-headline scatter for each task whose recipe declares its latency (`results.latency`)."""
     from dlzoo.results import task_tables
 
-    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    plots = [p for p in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+             if next(iter(p)).startswith(("compression/", "compression-latency/"))]
     reports = {name.split("_", 1)[1]: stage for name, stage in generated.items() if name.startswith("compress-report_")}
     tables = task_tables()
     ids = [next(iter(p)) for p in plots]
@@ -188,3 +191,30 @@ def test_every_compression_report_is_a_dvc_plot(generated):
         assert table == f"{reports[task]['outs'][0]}/compression.csv"
         assert metric == tables[task]["metric"] and metric.startswith("test/")
         assert spec["x"] == ("size_mb" if kind == "compression" else tables[task]["latency"])
+
+
+def test_every_detector_has_a_precision_recall_plot(generated, tmp_path):
+    """One top-level precision-recall plot per detection evaluate stage, on the table in its report folder, drawn
+    by the custom template: `dvc plots show` gives one line per class (the template's colour field)."""
+    from dlzoo.evaluation.detection import PR_CURVE
+
+    plots = dict(next(iter(p.items())) for p in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"])
+    detectors = {n.split("_", 1)[1] for n in generated if n.startswith("evaluate_detection-")}
+    assert {k.removeprefix("precision-recall/") for k in plots if k.startswith("precision-recall/")} == detectors
+    assert detectors == {"detection-shapes-ssd", "detection-shapes-yolo-anchor-free", "detection-shapes-yolov3"}
+    spec = plots["precision-recall/detection-shapes-ssd"]
+    assert spec["y"] == {f"{generated['evaluate_detection-shapes-ssd']['outs'][0]}/{PR_CURVE}": "precision"}
+    # the template renders: a bare DVC repository with the plot and a two-class table
+    (tmp_path / ".dvc/plots").mkdir(parents=True)
+    (tmp_path / ".dvc/plots/precision_recall.json").write_bytes((REPO / ".dvc/plots/precision_recall.json").read_bytes())
+    (tmp_path / ".dvc/config").write_text("[core]\n    no_scm = true\n")
+    (tmp_path / "pr.csv").write_text("class,recall,precision\n" + "".join(
+        f"{c},{r / 100},{p}\n" for c, p in (("circle", 1.0), ("square", 0.5)) for r in range(101)))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": [{"pr": {**spec, "y": {"pr.csv": "precision"}}}]}))
+    shown = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True)
+    (rendered,) = json.loads(shown.stdout)["data"]["pr"]
+    content = rendered["content"]
+    assert content["encoding"]["color"]["field"] == "class" and content["encoding"]["x"]["field"] == "recall"
+    rows = content["data"]["values"]
+    assert len(rows) == 202 and {r["class"] for r in rows} == {"circle", "square"}

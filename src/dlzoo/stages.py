@@ -424,11 +424,32 @@ def compression_plots(stages: dict, prefix: str = "") -> list[dict]:
     return plots
 
 
+def precision_recall_plots(stages: dict, prefix: str = "") -> list[dict]:
+    """Top-level `plots`: each detector's precision-recall curve per class, from the table its evaluate stage
+    writes into its report folder (dlzoo.evaluation.detection), one line per class in the custom template
+    `.dvc/plots/precision_recall.json` (DVC's own templates colour by file or revision, not by a column)."""
+    from dlzoo.evaluation.detection import PR_CURVE
+
+    plots, composer = [], None
+    for name, stage in stages.items():
+        if not name.startswith(f"evaluate{SEP}"):
+            continue
+        composer = composer or Composer()
+        experiment = stage["cmd"].split("experiment=", 1)[1].split()[0]
+        cfg, _ = composer.compose("config", [f"experiment={experiment}"])
+        if cfg.evaluator.get("_target_") != "dlzoo.evaluation.detection.evaluate":
+            continue
+        plots.append({f"precision-recall/{experiment}": {
+            "template": "precision_recall", "x": "recall", "y": {f"{prefix}{stage['outs'][0]}/{PR_CURVE}": "precision"},
+            "title": f"{experiment}: precision against recall per class (test split, IoU 0.5)"}})
+    return plots
+
+
 def render(stages: dict, pipeline: str = PIPELINE) -> str:
     up = "../" * (len(Path(pipeline).parts) - 1)   # profiles/<p>/dvc.yaml reads the root's params.yaml
     header = HEADER if pipeline == PIPELINE else HEADER + PINNED_HEADER.format(profile=Path(pipeline).parent.name)
     return header + yaml.safe_dump({"vars": [f"{up}params.yaml"], "stages": stages,
-                                    "plots": compression_plots(stages, up)}, sort_keys=False, width=200)
+                                    "plots": compression_plots(stages, up) + precision_recall_plots(stages, up)}, sort_keys=False, width=200)
 
 
 def main(argv: list[str] | None = None) -> int:

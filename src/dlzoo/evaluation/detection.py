@@ -1,5 +1,6 @@
 """Object-detection metrics on the held-out split: COCO mAP@[.5:.95], mAP@.5, mAP@.75 and AP per
-class (pycocotools, through torchmetrics), and a grid of test images with predicted vs true boxes.
+class (pycocotools, through torchmetrics), each class's precision-recall curve at IoU 0.5 as a table (`pr_curve.csv`,
+drawn by `dvc plots` with `.dvc/plots/precision_recall.json`), and a grid of test images with predicted vs true boxes.
 
 The test split is whatever `data.module` says: the prepared shapes, or any COCO annotation file
 and image folder (`data.module.test_json=... data.module.test_images=...`). Crowd annotations
@@ -9,6 +10,7 @@ false positive, and a crowd region is never an object to recall (see `dlzoo.mode
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
@@ -18,6 +20,9 @@ from torchvision.ops import box_convert, box_iou
 from dlzoo.evaluation.ood import with_ood
 from dlzoo.models.detection import metric_target
 from dlzoo.plotting import plt, save_figure
+
+
+PR_CURVE = "pr_curve.csv"   # in the evaluate stage's report folder: the top-level `dvc plots` read it there
 
 
 def coco_box_iou(a_xywh: torch.Tensor, b_xywh: torch.Tensor) -> torch.Tensor:
@@ -55,7 +60,8 @@ def _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plo
     datamodule.setup("test")
     images, preds, targets = predict(module, datamodule.test_dataloader())
     names = list(class_names) if class_names else datamodule.category_names  # index = label, 0 = background
-    mean_ap = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", class_metrics=True)
+    mean_ap = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", class_metrics=True,
+                                   extended_summary=True)   # COCOeval's precision array, for the curves
     mean_ap.update(preds, targets)
     result = mean_ap.compute()
     metrics = {
@@ -71,7 +77,30 @@ def _evaluate(module, datamodule, out_dir, class_names, score_threshold, num_plo
         metrics[f"test/ap/{names[label] if label < len(names) else label}"] = float(ap)
     out = Path(out_dir) / "detections.png"
     title = f"{split} mAP {metrics['test/map']:.3f}, mAP@.5 {metrics['test/map_50']:.3f}"
-    return metrics, [plot_detections(images[:num_plotted], preds, targets, names, out, score_threshold, title)]
+    table = write_pr_curves(result, names, mean_ap.iou_thresholds, Path(out_dir) / PR_CURVE)
+    return metrics, [plot_detections(images[:num_plotted], preds, targets, names, out, score_threshold, title), table]
+
+
+def write_pr_curves(result: dict, names: list[str], iou_thresholds: list[float], path: Path, iou: float = 0.5) -> Path:
+    """Rows (class, recall, precision): each class's interpolated precision at COCO's 101 recall levels, at IoU
+    `iou`, every object size, 100 detections per image (COCOeval's `eval['precision']` as torchmetrics returns it:
+    IoU x recall x class x area x max-detections, classes in the order of `result['classes']`). A class without
+    ground truth (COCO's -1) has no curve; precision is 0 at recall levels a class never reaches."""
+    precision = result["precision"]
+    labels = result["classes"].reshape(-1).tolist()
+    levels = torch.linspace(0, 1, precision.shape[1])
+    t = min(range(len(iou_thresholds)), key=lambda k: abs(iou_thresholds[k] - iou))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["class", "recall", "precision"])
+        for k, label in enumerate(labels):
+            curve = precision[t, :, k, 0, -1]
+            if (curve < 0).all():
+                continue
+            name = names[label] if label < len(names) else str(label)
+            rows.writerows([name, round(float(r), 2), round(float(p), 6)] for r, p in zip(levels, curve))
+    return path
 
 
 def plot_detections(images, preds, targets, names, path, score_threshold: float = 0.5, title: str = "") -> Path:
