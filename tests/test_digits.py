@@ -117,3 +117,21 @@ def test_vae_elbo_terms():
     # the reparameterised sample lets gradients reach the encoder
     (recon + kl).mean().backward()
     assert vae.to_logvar.weight.grad is not None and vae.to_logvar.weight.grad.abs().sum() > 0
+
+
+def test_evaluator_writes_each_test_examples_true_and_predicted_class(digits_dir, tmp_path):
+    """The table `dvc plots` draws as the confusion matrix: one row per test example, the same counts as the
+    matrix and accuracy the evaluator reports."""
+    import pandas as pd
+
+    from dlzoo.evaluation.classification import CONFUSION_TABLE, evaluate
+
+    torch.manual_seed(0)
+    net = PlainCNN((4, 4, 4, 4, 4), STRIDES)
+    metrics, files = evaluate(net, DigitsDataModule(str(digits_dir), batch_size=64), tmp_path)
+    table = pd.read_csv(tmp_path / CONFUSION_TABLE)
+    assert tmp_path / CONFUSION_TABLE in files and list(table.columns) == ["actual", "predicted"]
+    assert len(table) == metrics["test/num_examples"] == 360
+    assert (table["actual"] == table["predicted"]).mean() == pytest.approx(metrics["test/accuracy"])
+    assert (table["actual"] != table["predicted"]).sum() == metrics["test/error_count"]
+    assert np.bincount(table["actual"], minlength=10).min() >= 35   # the stratified test split's true classes

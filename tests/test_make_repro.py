@@ -122,8 +122,8 @@ def test_each_stage_imports_only_its_deps(fresh):
 def test_compression_tradeoffs_render_as_dvc_plots(fresh):
     """Each task's compression table is a top-level plot of dvc.yaml (size, and latency where the task declares
     one, against the headline): `dvc plots show` draws it from the CSV its compress-report stage wrote (the
-    parent and every compressed variant), so `dvc plots diff` compares it. So are the detectors' precision-recall
-    curves, from the tables their evaluate stages wrote."""
+    parent and every compressed variant), so `dvc plots diff` compares it. So are the digits classifiers' confusion
+    matrices and the detectors' precision-recall curves, from the tables their evaluate stages wrote."""
     dst, _, _ = fresh
     ids = [next(iter(plot)) for plot in yaml.safe_load((dst / "dvc.yaml").read_text())["plots"]]
     shown = json.loads(dvc("plots", "show", "--json", *ids, cwd=dst).stdout)["data"]
@@ -134,9 +134,13 @@ def test_compression_tradeoffs_render_as_dvc_plots(fresh):
         if plot_id.startswith("precision-recall/"):   # each detector's curves, one per class with ground truth
             assert {x, y} == {"recall", "precision"} and rows and all(0 <= float(r[y]) <= 1 for r in rows), plot_id
             assert len(rows) == 101 * len({r["class"] for r in rows}), plot_id
+        elif plot_id.startswith("confusion/"):   # each classifier's test examples, true and predicted class
+            family = plot_id.removeprefix("confusion/digits-")
+            assert (x, y) == ("actual", "predicted") and rows, plot_id
+            assert len(rows) == metrics_of(dst, f"metrics/digits/{family}.json")["test/num_examples"], plot_id
         else:
             assert len(rows) >= 2 and all(r[x] and y in r for r in rows), plot_id
-    assert sum(i.startswith("precision-recall/") for i in ids) == 3
+    assert sum(i.startswith("precision-recall/") for i in ids) == 3 and sum(i.startswith("confusion/") for i in ids) == 6
 
 
 def test_four_tasks_report_draws_the_same_images_and_logs_its_number(fresh):

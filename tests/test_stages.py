@@ -193,28 +193,37 @@ def test_every_compression_report_is_a_dvc_plot(generated):
         assert spec["x"] == ("size_mb" if kind == "compression" else tables[task]["latency"])
 
 
-def test_every_detector_has_a_precision_recall_plot(generated, tmp_path):
-    """One top-level precision-recall plot per detection evaluate stage, on the table in its report folder, drawn
-    by the custom template: `dvc plots show` gives one line per class (the template's colour field)."""
+def test_evaluation_tables_are_dvc_plots(generated, tmp_path):
+    """A top-level plot per classifier (confusion matrix) and per detector (precision-recall per class) on the table
+    its evaluate stage writes into its report folder; both templates render with `dvc plots show`."""
+    from dlzoo.evaluation.classification import CONFUSION_TABLE
     from dlzoo.evaluation.detection import PR_CURVE
 
     plots = dict(next(iter(p.items())) for p in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"])
-    detectors = {n.split("_", 1)[1] for n in generated if n.startswith("evaluate_detection-")}
-    assert {k.removeprefix("precision-recall/") for k in plots if k.startswith("precision-recall/")} == detectors
-    assert detectors == {"detection-shapes-ssd", "detection-shapes-yolo-anchor-free", "detection-shapes-yolov3"}
-    spec = plots["precision-recall/detection-shapes-ssd"]
-    assert spec["y"] == {f"{generated['evaluate_detection-shapes-ssd']['outs'][0]}/{PR_CURVE}": "precision"}
-    # the template renders: a bare DVC repository with the plot and a two-class table
+    evaluated = {n.split("_", 1)[1] for n in generated if n.startswith("evaluate_")}
+    for kind, table, expected in (
+            ("confusion", CONFUSION_TABLE, {f"digits-{f}" for f in ("cnn", "cnn-groupnorm", "cnn-instancenorm",
+                                                                    "cnn-layernorm", "densenet", "mobilenet")}),
+            ("precision-recall", PR_CURVE, {f"detection-shapes-{f}" for f in ("ssd", "yolo-anchor-free", "yolov3")})):
+        assert {k.removeprefix(f"{kind}/") for k in plots if k.startswith(f"{kind}/")} == expected <= evaluated
+        for experiment in expected:
+            (path, _), = plots[f"{kind}/{experiment}"]["y"].items()
+            assert path == f"{generated[f'evaluate_{experiment}']['outs'][0]}/{table}"
+    # both templates render: a bare DVC repository with the two plots on small tables
     (tmp_path / ".dvc/plots").mkdir(parents=True)
     (tmp_path / ".dvc/plots/precision_recall.json").write_bytes((REPO / ".dvc/plots/precision_recall.json").read_bytes())
     (tmp_path / ".dvc/config").write_text("[core]\n    no_scm = true\n")
     (tmp_path / "pr.csv").write_text("class,recall,precision\n" + "".join(
         f"{c},{r / 100},{p}\n" for c, p in (("circle", 1.0), ("square", 0.5)) for r in range(101)))
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": [{"pr": {**spec, "y": {"pr.csv": "precision"}}}]}))
+    (tmp_path / "confusion.csv").write_text("actual,predicted\n0,0\n0,1\n1,1\n")
+    specs = {"pr": {**plots["precision-recall/detection-shapes-ssd"], "y": {"pr.csv": "precision"}},
+             "confusion": {**plots["confusion/digits-cnn"], "y": {"confusion.csv": "predicted"}}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": [{k: v} for k, v in specs.items()]}))
     shown = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=tmp_path,
                            capture_output=True, text=True, check=True)
-    (rendered,) = json.loads(shown.stdout)["data"]["pr"]
-    content = rendered["content"]
-    assert content["encoding"]["color"]["field"] == "class" and content["encoding"]["x"]["field"] == "recall"
-    rows = content["data"]["values"]
+    data = json.loads(shown.stdout)["data"]
+    (pr,), (confusion,) = data["pr"], data["confusion"]
+    assert pr["content"]["encoding"]["color"]["field"] == "class" and pr["content"]["encoding"]["x"]["field"] == "recall"
+    rows = pr["content"]["data"]["values"]
     assert len(rows) == 202 and {r["class"] for r in rows} == {"circle", "square"}
+    assert len(confusion["content"]["data"]["values"]) == 3

@@ -424,12 +424,21 @@ def compression_plots(stages: dict, prefix: str = "") -> list[dict]:
     return plots
 
 
-def precision_recall_plots(stages: dict, prefix: str = "") -> list[dict]:
-    """Top-level `plots`: each detector's precision-recall curve per class, from the table its evaluate stage
-    writes into its report folder (dlzoo.evaluation.detection), one line per class in the custom template
-    `.dvc/plots/precision_recall.json` (DVC's own templates colour by file or revision, not by a column)."""
+def evaluation_plots(stages: dict, prefix: str = "") -> list[dict]:
+    """Top-level `plots` from the tables evaluate stages write into their report folders, by evaluator: each
+    classifier's confusion matrix (DVC's `confusion` template) and each detector's precision-recall curve per
+    class (the custom template `.dvc/plots/precision_recall.json`: DVC's own colour by file or revision, not by a
+    column). `dvc plots diff` compares them between experiments and commits."""
+    from dlzoo.evaluation.classification import CONFUSION_TABLE
     from dlzoo.evaluation.detection import PR_CURVE
 
+    kinds = {  # evaluator -> (plot id prefix, template, table, x, y, title)
+        "dlzoo.evaluation.classification.evaluate":
+            ("confusion", "confusion", CONFUSION_TABLE, "actual", "predicted", "confusion matrix (test split)"),
+        "dlzoo.evaluation.detection.evaluate":
+            ("precision-recall", "precision_recall", PR_CURVE, "recall", "precision",
+             "precision against recall per class (test split, IoU 0.5)"),
+    }
     plots, composer = [], None
     for name, stage in stages.items():
         if not name.startswith(f"evaluate{SEP}"):
@@ -437,11 +446,12 @@ def precision_recall_plots(stages: dict, prefix: str = "") -> list[dict]:
         composer = composer or Composer()
         experiment = stage["cmd"].split("experiment=", 1)[1].split()[0]
         cfg, _ = composer.compose("config", [f"experiment={experiment}"])
-        if cfg.evaluator.get("_target_") != "dlzoo.evaluation.detection.evaluate":
+        if cfg.evaluator.get("_target_") not in kinds:
             continue
-        plots.append({f"precision-recall/{experiment}": {
-            "template": "precision_recall", "x": "recall", "y": {f"{prefix}{stage['outs'][0]}/{PR_CURVE}": "precision"},
-            "title": f"{experiment}: precision against recall per class (test split, IoU 0.5)"}})
+        kind, template, table, x, y, title = kinds[cfg.evaluator._target_]
+        plots.append({f"{kind}/{experiment}": {
+            "template": template, "x": x, "y": {f"{prefix}{stage['outs'][0]}/{table}": y},
+            "title": f"{experiment}: {title}"}})
     return plots
 
 
@@ -449,7 +459,7 @@ def render(stages: dict, pipeline: str = PIPELINE) -> str:
     up = "../" * (len(Path(pipeline).parts) - 1)   # profiles/<p>/dvc.yaml reads the root's params.yaml
     header = HEADER if pipeline == PIPELINE else HEADER + PINNED_HEADER.format(profile=Path(pipeline).parent.name)
     return header + yaml.safe_dump({"vars": [f"{up}params.yaml"], "stages": stages,
-                                    "plots": compression_plots(stages, up) + precision_recall_plots(stages, up)}, sort_keys=False, width=200)
+                                    "plots": compression_plots(stages, up) + evaluation_plots(stages, up)}, sort_keys=False, width=200)
 
 
 def main(argv: list[str] | None = None) -> int:
