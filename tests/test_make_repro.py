@@ -130,7 +130,9 @@ def test_compression_tradeoffs_render_as_dvc_plots(fresh):
     for plot_id in ids:
         (rendered,) = shown[plot_id]
         rows = rendered["content"]["data"]["values"]
-        x, y = (rendered["content"]["encoding"][axis]["field"] for axis in ("x", "y"))
+        content = rendered["content"]
+        encoding = content.get("encoding") or content["spec"]["encoding"]   # the confusion template facets a spec
+        x, y = (encoding[axis]["field"] for axis in ("x", "y"))
         if plot_id.startswith("precision-recall/"):   # each detector's curves, one per class with ground truth
             assert {x, y} == {"recall", "precision"} and rows and all(0 <= float(r[y]) <= 1 for r in rows), plot_id
             assert len(rows) == 101 * len({r["class"] for r in rows}), plot_id

@@ -227,3 +227,4 @@ def test_evaluation_tables_are_dvc_plots(generated, tmp_path):
     rows = pr["content"]["data"]["values"]
     assert len(rows) == 202 and {r["class"] for r in rows} == {"circle", "square"}
     assert len(confusion["content"]["data"]["values"]) == 3
+    assert {confusion["content"]["spec"]["encoding"][a]["field"] for a in ("x", "y")} == {"actual", "predicted"}
