@@ -402,17 +402,22 @@ def champions_stage(composer: Composer, recipe_files: list[Path], measured_stage
     }
 
 
+def _stages_with_config(stages: dict, kind: str, config_name: str):
+    """(stage, experiment, composed config) for each `<kind>_...` stage, its experiment's `config_name` config."""
+    composer = None
+    for name, stage in stages.items():
+        if name.startswith(f"{kind}{SEP}"):
+            composer = composer or Composer()
+            experiment = stage["cmd"].split("experiment=", 1)[1].split()[0]
+            yield stage, experiment, composer.compose(config_name, [f"experiment={experiment}"])[0]
+
+
 def compression_plots(stages: dict, prefix: str = "") -> list[dict]:
     """Top-level `plots` (not a stage's, so no stage's hash moves): each task's compression trade-offs, size
     and (where the task declares one) latency against the headline metric, from the table its compress-report
     stage writes; `dvc plots show` draws them and `dvc plots diff` compares them between experiments and commits."""
-    plots, composer = [], None
-    for name, stage in stages.items():
-        if not name.startswith(f"compress-report{SEP}"):
-            continue
-        composer = composer or Composer()
-        experiment = stage["cmd"].split("experiment=", 1)[1].split()[0]
-        rcfg, _ = composer.compose("compress_report", [f"experiment={experiment}"])
+    plots = []
+    for stage, _, rcfg in _stages_with_config(stages, "compress-report", "compress_report"):
         table = f"{prefix}{stage['outs'][0]}/compression.csv"   # top-level plots: paths from the file's folder
         plots.append({f"compression/{rcfg.task}": {
             "template": "scatter", "x": "size_mb", "y": {table: rcfg.report.metric},
@@ -439,13 +444,8 @@ def evaluation_plots(stages: dict, prefix: str = "") -> list[dict]:
             ("precision-recall", "precision_recall", PR_CURVE, "recall", "precision",
              "precision against recall per class (test split, IoU 0.5)"),
     }
-    plots, composer = [], None
-    for name, stage in stages.items():
-        if not name.startswith(f"evaluate{SEP}"):
-            continue
-        composer = composer or Composer()
-        experiment = stage["cmd"].split("experiment=", 1)[1].split()[0]
-        cfg, _ = composer.compose("config", [f"experiment={experiment}"])
+    plots = []
+    for stage, experiment, cfg in _stages_with_config(stages, "evaluate", "config"):
         if cfg.evaluator.get("_target_") not in kinds:
             continue
         kind, template, table, x, y, title = kinds[cfg.evaluator._target_]
