@@ -23,7 +23,7 @@ from conftest import CONF, REPO, compose_config, mlflow_runs, prepare_data
 
 SLURM_SCRIPT = REPO / "scripts" / "slurm_local.sh"
 TRAIN = REPO / "pipelines" / "train.py"
-SMOKE = ["experiment=binary-addition-rnn", "profile=smoke"]
+SMOKE = ["experiment=binary-addition-rnn", "profile=smoke", "tracking.log_model=false"]
 SMOKE_EPOCHS = 2  # conf/scale/smoke: binary-addition-rnn trains 2 epochs
 
 

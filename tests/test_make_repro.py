@@ -13,6 +13,7 @@ is activated. The DVC remote is reached as the README says, `../shared/dvc-remot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -228,3 +229,123 @@ def test_champions_are_the_best_evaluated_family_of_each_task(fresh):
         values = {f: metrics_of(dst, f"metrics/{task}/{f}.json")[entry["metric"]] for f in families}
         best = max(values.values()) if entry["mode"] == "max" else min(values.values())
         assert entry["family"] in families and entry["value"] == values[entry["family"]] == best, task
+
+
+def rest(url: str, endpoint: str, body: dict | None = None, **query: str) -> dict:
+    """One call of MLflow's REST API (POST with a JSON body, or GET with query parameters)."""
+    import urllib.parse
+    import urllib.request
+
+    address = f"{url}/api/2.0/mlflow/{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    request = urllib.request.Request(address, method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read() or b"{}")
+
+
+@contextlib.contextmanager
+def make_ui(dst: Path):
+    """`make ui` as the README types it, on a free loopback port; yields the address. Stopped on the way out."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["make", "--no-print-directory", "ui", f"PORT={port}"], cwd=dst, env=user_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-2000:]
+                assert time.monotonic() < deadline, "make ui did not answer /health within 120 s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+
+
+def _tags(entity: dict) -> dict:
+    return {t["key"]: t.get("value", "") for t in (entity.get("data", entity).get("tags") or [])}
+
+
+def _runs(url: str, experiment_ids: list[str], stage: str) -> list[dict]:
+    found, token = [], None
+    while True:
+        page = rest(url, "runs/search", {"experiment_ids": experiment_ids, "filter": f"tags.stage = '{stage}'",
+                                         "max_results": 1000, **({"page_token": token} if token else {})})
+        found += page.get("runs", [])
+        token = page.get("next_page_token")
+        if not token:
+            return found
+
+
+def test_the_store_answers_over_the_rest_api(fresh):
+    """Issue 15's acceptance, through MLflow's REST API (`make ui` over the smoke run's mlflow.db, as a user opens
+    it): one experiment per task; each family's train run reaches its held-out metrics (the evaluate run nested
+    under it, and the registered version's tags carry the headline); every compressed variant nests under its
+    family's train run and is registered with its parent named; each task's champion carries the alias."""
+    dst, _, _ = fresh
+    from dlzoo.results import task_tables
+
+    stages = stage_table(dst)
+    tasks = {t: e for t, e in task_tables().items() if not e["only_profile"]}
+    trained = {(t, f) for t, e in tasks.items() for f in e["families"] if f"train_{t}-{f}" in stages}
+    variants = set()
+    for name, stage in stages.items():
+        if name.startswith("compress_"):
+            experiment, method = re.search(r"experiment=(\S+) compress=(\S+)", stage["cmd"]).groups()
+            (family_of,) = [(t, f) for t, f in trained if f"{t}-{f}" == experiment]
+            variants.add((*family_of, method))
+    champions = metrics_of(dst, "metrics/champions.json")
+    assert trained and variants and set(champions) == {t for t, _ in trained}
+
+    with make_ui(dst) as url:
+        experiments = {e["name"]: e["experiment_id"] for e in rest(url, "experiments/search", {"max_results": 1000})["experiments"]}
+        assert {t for t, _ in trained} <= set(experiments)   # MLflow's names are unique: one experiment per task
+        ids = [experiments[t] for t in tasks if t in experiments]
+        train_runs = {}   # (task, family) -> the family's latest train run (not a protocol's further fit)
+        for run in sorted(_runs(url, ids, "train"), key=lambda r: int(r["info"]["start_time"])):
+            tags = _tags(run)
+            if "mlflow.parentRunId" not in tags:
+                train_runs[(tags["task"], tags["family"])] = run
+        assert set(train_runs) == trained
+
+        evaluated = {}
+        for run in _runs(url, ids, "evaluate"):
+            evaluated.setdefault(_tags(run).get("mlflow.parentRunId"), []).append(run)
+        for (task, family), run in sorted(train_runs.items()):
+            metric = tasks[task]["metric"]
+            on_disk = metrics_of(dst, f"metrics/{task}/{family}.json")[metric]
+            children = evaluated.get(run["info"]["run_id"], [])
+            assert children, f"{task}-{family}: no evaluate run nested under its latest train run"
+            latest = max(children, key=lambda r: int(r["info"]["start_time"]))
+            values = [m["value"] for m in latest["data"].get("metrics", []) if m["key"] == metric]
+            assert values == [pytest.approx(on_disk)], (task, family, metric)
+            versions = rest(url, "model-versions/search", filter=f"name='{task}-{family}'")["model_versions"]
+            own = [v for v in versions if v.get("run_id") == run["info"]["run_id"]]
+            assert own, f"{task}-{family}: its train run registered no version"
+            assert float(_tags(own[0])[metric]) == pytest.approx(on_disk, rel=1e-5), (task, family)
+
+        compressed = {}
+        for run in _runs(url, ids, "compress"):
+            tags = _tags(run)
+            compressed[(tags["task"], tags["family"], tags["method"])] = tags
+        assert set(compressed) == variants
+        for (task, family, method), tags in sorted(compressed.items()):
+            assert tags["mlflow.parentRunId"] == train_runs[(task, family)]["info"]["run_id"], (task, family, method)
+            (version,) = rest(url, "model-versions/search", filter=f"name='{task}-{family}-{method}'")["model_versions"]
+            assert _tags(version)["parent_model"] == f"{task}-{family}"
+
+        for task, choice in champions.items():
+            name = f"{task}-{choice['family']}"
+            version = rest(url, "registered-models/alias", name=name, alias="champion")["model_version"]
+            assert version["name"] == name, task

@@ -17,7 +17,7 @@ import torch
 
 from conftest import REPO, compose_config, prepare_data
 
-OVERRIDES = ["experiment=digits-cnn", "profile=smoke", "trainer.max_epochs=5", "trainer.limit_train_batches=4",
+OVERRIDES = ["experiment=digits-cnn", "profile=smoke", "tracking.log_model=false", "trainer.max_epochs=5", "trainer.limit_train_batches=4",
              "hydra.run.dir=outputs/test"]
 EPOCHS = 5
 
@@ -139,7 +139,8 @@ def test_the_dataset_digest_is_the_one_dvc_lock_records(tmp_path, monkeypatch):
     assert content_digest(data) != before and len(before) == 32
 
 
-PROTOCOL = ["experiment=speech-fsdd-classification-wavenet-classifier", "profile=smoke", "trainer.max_epochs=3",
+PROTOCOL = ["experiment=speech-fsdd-classification-wavenet-classifier", "profile=smoke", "tracking.log_model=false",
+            "trainer.max_epochs=3",
             "hydra.run.dir=outputs/test"]
 
 

@@ -95,7 +95,7 @@ def test_recipe_composes_to_a_segmentation_setup(make_cfg):
 
 
 def test_smoke_fit_and_evaluate(workdir, make_cfg):
-    cfg = make_cfg("experiment=segmentation-shapes-unet", "profile=smoke", *TINY)
+    cfg = make_cfg("experiment=segmentation-shapes-unet", "profile=smoke", "tracking.log_model=false", *TINY)
     prepare_data(cfg)
     summary = train(cfg)
     assert Path(summary["checkpoint"]).is_file() and summary["monitor"] == "val/miou"

@@ -114,10 +114,12 @@ def test_smoke_protocol_fit_and_evaluate(workdir, make_cfg):
     from dlzoo.training.train import train
 
     raw = link_subset(workdir / "raw", takes={0, 5, 6, 7})
-    gen = make_cfg("experiment=speech-fsdd-generation-wavenet", "profile=smoke", f"data.prepare.raw_dir={raw}")
+    gen = make_cfg("experiment=speech-fsdd-generation-wavenet", "profile=smoke", "tracking.log_model=false",
+                   f"data.prepare.raw_dir={raw}")
     prepare_data(gen)
     train(gen)  # the generator whose clips the classifier labels
-    cfg = make_cfg("experiment=speech-fsdd-classification-wavenet-classifier", "profile=smoke", f"data.prepare.raw_dir={raw}")
+    cfg = make_cfg("experiment=speech-fsdd-classification-wavenet-classifier", "profile=smoke", "tracking.log_model=false",
+                   f"data.prepare.raw_dir={raw}")
     summary = train(cfg)
     assert set(summary["protocol"]) == {"seed-43", "loso-george", "loso-jackson"}
     metrics = evaluate(cfg)

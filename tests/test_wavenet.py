@@ -169,7 +169,8 @@ def test_smoke_fit_and_evaluate(workdir, make_cfg):
     from dlzoo.training.train import train
 
     raw = link_subset(workdir / "raw", takes={0, 5, 6, 7})
-    cfg = make_cfg("experiment=speech-fsdd-generation-wavenet", "profile=smoke", f"data.prepare.raw_dir={raw}")
+    cfg = make_cfg("experiment=speech-fsdd-generation-wavenet", "profile=smoke", "tracking.log_model=false",
+                   f"data.prepare.raw_dir={raw}")
     prepare_data(cfg)
     summary = train(cfg)
     assert Path(summary["checkpoint"]).is_file() and summary["num_params"] > 0

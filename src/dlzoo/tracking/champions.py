@@ -14,7 +14,7 @@ version carries the held-out numbers its evaluate stage measured.
   probabilities: `dlzoo.tracking.probabilities` wraps the champion's trained version (made once per trained
   version), so `mlflow models serve -m models:/<task>-<family>@champion` answers a probability per class name.
 - A family without a registered version in this store (its train stage ran elsewhere, or
-  `tracking.register_model=false` as on the smoke profile) is named in one log line; the choice is still written.
+  `tracking.register_model=false`) is named in one log line; the choice is still written.
 - Profile-only tasks (`only_profile`) are left out: their stages live in another pipeline file.
 - Then the lineage (dlzoo.tracking.variants): evaluate and compress runs nested under their train runs, and each
   compressed variant registered as `<task>-<family>-<method>` with its size, latency and metric as tags.
