@@ -318,6 +318,9 @@ def test_translator_served_as_text_in_text_out(exported, tmp_path, monkeypatch):
     assert expected[0] and expected[1] == ""
     mlflow.set_tracking_uri(uri)
     assert list(mlflow.pyfunc.load_model("models:/translation-en-ja-tiny-text/1").predict(sentences)) == expected
+    tags = mlflow.search_runs(search_all_experiments=True, output_format="list")[0].data.tags
+    assert tags["stage"] == "package" and tags["task"] == "translation-en-ja" and tags["source"] == str(path)
+    assert tags["network"] == meta["family"] and tags["git_commit"]  # "unknown" here: tmp_path is no repository
     with served("models:/translation-en-ja-tiny-text/1", uri, tmp_path) as post:
         assert post(sentences) == expected
 

@@ -75,17 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     from dlzoo.evaluation.translation import load_translator
 
     try:
-        load_translator(args.model)  # before any run is opened: a bad file leaves the store as it was
+        meta = load_translator(args.model)[3]  # before any run is opened: a bad file leaves the store as it was
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from dlzoo.tracking import ensure_experiment
+    from dlzoo.tracking.mlflow_tracking import git_commit
 
+    # the tags pipeline runs carry where this run knows them (the experiment is the task; the export records its
+    # network class, not the recipe's family name, so that goes under its own key)
+    tags = {"stage": "package", "source": str(args.model), "task": args.experiment, "git_commit": git_commit(),
+            "dvc_stage": os.environ.get("DVC_STAGE", "serving (outside dvc)"), "network": str(meta.get("family", ""))}
     # not mlflow.set_experiment: it exports MLFLOW_EXPERIMENT_ID, which outlives this call in the caller's process
     mlflow.set_tracking_uri(args.tracking_uri)
     experiment_id = ensure_experiment(args.experiment, None, args.tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name="translator-pyfunc",
-                          tags={"stage": "package", "source": str(args.model)}):
+                          tags=tags):
         info = log_translator(args.model, args.register, args.beam)
     print(f"logged {info.model_uri}" + (f" as {args.register}" if args.register else ""))
     return 0
