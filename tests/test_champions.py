@@ -178,6 +178,10 @@ def test_the_digits_champion_is_served_offline_as_class_probabilities(workdir, m
     assert sorted(versions, key=int) == ["1", "2"] and str(champion.version) == "2"
     assert champion.tags["dlzoo.wraps_version"] == "1" and "dlzoo.wraps_version" not in versions["1"]
     assert champion.tags["test/accuracy"] == versions["1"]["test/accuracy"]  # the numbers on both versions
+    package = client.get_run(champion.run_id).data.tags   # the wrapper's run carries the standard tags too
+    assert {k: package[k] for k in ("task", "family", "profile", "stage")} == {
+        "task": "digits", "family": "cnn", "profile": "smoke", "stage": "package"}
+    assert len(package["git_commit"]) in (40, len("unknown")) and package["dvc_stage"]
 
     datamodule = build(cfg.data.module, "data.module")
     datamodule.setup("test")

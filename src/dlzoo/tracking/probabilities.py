@@ -53,6 +53,19 @@ def trained_versions(versions: list) -> list:
     return [v for v in versions if WRAPS not in (v.tags or {})]
 
 
+def package_tags(client, trained, source: str) -> dict[str, str]:
+    """The package run's tags: the standard ones (task, family, profile from the trained version's train run; this
+    commit and stage), `stage=package` and the wrapped version's URI."""
+    import os
+
+    from dlzoo.tracking.mlflow_tracking import git_commit
+
+    trained_tags = client.get_run(trained.run_id).data.tags if trained.run_id else {}
+    tags = {k: trained_tags[k] for k in ("task", "family", "profile") if k in trained_tags}
+    return {**tags, "stage": "package", "source": source, "git_commit": git_commit(),
+            "dvc_stage": os.environ.get("DVC_STAGE", "champions (outside dvc)")}
+
+
 def wrapper_of(task: str, family: str, trained, classes: list[str], tracking_uri: str, client):
     """The probability version of `<task>-<family>` that holds `trained`: the existing one, else a new one logged in a
     `stage=package` run of the task's experiment (so re-running the champions stage adds no versions)."""
@@ -73,8 +86,7 @@ def wrapper_of(task: str, family: str, trained, classes: list[str], tracking_uri
     experiment_id = ensure_experiment(task, None, tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         network = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=family,
-                              tags={"stage": "package", "source": source}):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=family, tags=package_tags(client, trained, source)):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=ClassProbabilities(), artifacts={"network": network},
                 code_paths=[str(PACKAGE_DIR)], model_config={"classes": list(classes)}, signature=signature,
