@@ -100,7 +100,7 @@ def mlflow_runs(db: Path) -> list[dict]:
     runs = []
     for exp in client.search_experiments():
         for run in client.search_runs([exp.experiment_id]):
-            runs.append({"experiment": exp.name, "name": run.info.run_name, "status": run.info.status,
+            runs.append({"experiment": exp.name, "name": run.info.run_name, "status": run.info.status, "run_id": run.info.run_id,
                          "tags": run.data.tags, "metrics": run.data.metrics, "params": run.data.params})
     return runs
 

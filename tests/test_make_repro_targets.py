@@ -61,3 +61,23 @@ def test_typing_it_again_runs_nothing(typed):
     dst, _, _ = typed
     out = sh("make", "repro", "PROFILE=smoke", f"TARGETS={TARGET}", cwd=dst).stdout
     assert "Running stage" not in out
+
+
+def test_a_temporary_experiment_logs_into_the_repositorys_store(typed):
+    """`dvc exp run --temp` runs in a copy under .dvc/tmp/exps that DVC deletes afterwards: the runs (and their
+    artifacts) still land in the repository's mlflow.db and mlartifacts/, tagged with the experiment's name."""
+    dst, _, _ = typed
+    before = {r["run_id"] for r in mlflow_runs(dst / "mlflow.db")}
+    # the copy's own src/ (its venv is this checkout's, installed editable from here), as `make` sets it
+    env = {**activated_env(), "PYTHONPATH": str(dst / "src")}
+    out = sh("dvc", "exp", "run", "--temp", "-n", "temp-gru", "-S", "profile=smoke", "evaluate_timeseries-sine-gru",
+             cwd=dst, env=env)
+    assert set(re.findall(r"Running stage '([^']+)'", out.stdout + out.stderr)) == {"train_timeseries-sine-gru",
+                                                                                  "evaluate_timeseries-sine-gru"}
+    new = [r for r in mlflow_runs(dst / "mlflow.db") if r["run_id"] not in before]
+    assert sorted(r["tags"]["stage"] for r in new) == ["evaluate", "train"]
+    (train_run,) = [r for r in new if r["tags"]["stage"] == "train"]
+    assert train_run["tags"]["dvc.exp_name"] == "temp-gru" and train_run["name"] == "gru"
+    curves = list((dst / "mlartifacts").rglob(f"{train_run['run_id']}/artifacts/plots/learning_curve.csv"))
+    assert curves, "the train run's artifacts are not in the repository's mlartifacts/"
+    assert not list((dst / ".dvc" / "tmp").rglob("mlflow.db"))

@@ -20,13 +20,13 @@ to its targets. DVC has no conditional stages; a second pipeline file is its way
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from dlzoo.imports import imported_modules
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -68,26 +68,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-@lru_cache(maxsize=None)
 def direct_imports(path: Path) -> frozenset[str]:
     """Project modules `path` imports anywhere in its body (`import x`, `from x import y`, relative too)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    is_package = path.name == "__init__.py"
-    current = _module_name(path).split(".") if path.is_relative_to(SRC) else []
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = current if is_package else current[:-1]
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
-    return frozenset(n for n in found if module_path(n) is not None)
+    name = _module_name(path) if path.is_relative_to(SRC) else ""
+    return frozenset(n for n in imported_modules(path, name) if module_path(n) is not None)
 
 
 def import_closure(files: list[Path], modules: list[str]) -> set[Path]:

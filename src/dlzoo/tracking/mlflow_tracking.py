@@ -1,7 +1,7 @@
 """Helpers that keep every MLflow run of the project named, tagged and stored the same way.
 
-- Store: `tracking.uri` (SQLite `mlflow.db` at the repo root by default, `MLFLOW_TRACKING_URI`
-  overrides it so a cluster can point at a tracking server).
+- Store: `tracking.uri` (SQLite `mlflow.db` at the repo root by default, wherever DVC runs the stage;
+  `MLFLOW_TRACKING_URI` overrides it so a cluster can point at a tracking server).
 - Experiment = task, run name = family, tags task/family/stage/git_commit/dvc_stage.
 """
 
@@ -17,18 +17,26 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 
+def project_root() -> Path:
+    """Where relative store and artifact paths point: the repository DVC runs the stage for (`DVC_ROOT`, which
+    DVC sets for every stage command, and for `dvc exp run --temp` and queued experiments to the repository the
+    experiment came from, not the temporary copy it runs in), else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
 def resolve_tracking_uri(uri: str) -> str:
-    """Make a relative `sqlite:///path` absolute (relative to the working directory, the repo root
-    under DVC), so that DDP workers and later stages all write to the same store."""
+    """Make a relative `sqlite:///path` absolute, against project_root(): DDP workers, later stages and
+    experiments run in DVC's temporary copies all write to the repository's store."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+        return prefix + str(project_root() / uri[len(prefix):])
     return uri
 
 
 def artifact_location(root: str, experiment: str) -> str | None:
-    """Artifact folder for a new experiment: `<root>/<experiment>` beside the store, or the server's default."""
-    return (Path(root) / experiment).resolve().as_uri() if root else None
+    """Artifact folder for a new experiment: `<root>/<experiment>` beside the store (a relative root against
+    project_root(), so a temporary copy's runs keep their artifacts once DVC removes it), or the server's default."""
+    return (project_root() / root / experiment).resolve().as_uri() if root else None
 
 
 def client(tracking_uri: str | None = None):

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import tempfile
 from importlib.metadata import version as installed_version
-from pathlib import Path
 
 import mlflow
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/dlzoo, shipped as code_paths: the pickled wrapper's class
+from dlzoo.tracking.requirements import PACKAGE_DIR  # src/dlzoo, shipped as code_paths: the pickled wrapper's class
+
 WRAPS = "dlzoo.wraps_version"
 # what load_context and predict import (the wrapped network itself needs only torch)
 REQUIREMENTS = ("torch", "numpy", "pandas")

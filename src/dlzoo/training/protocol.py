@@ -35,7 +35,7 @@ from dlzoo.errors import ConfigError
 from dlzoo.hardware import describe
 from dlzoo.io import write_json
 from dlzoo.tracking import client, ensure_experiment, flat_params, run_tags
-from dlzoo.training.supervised import fingerprint, fit
+from dlzoo.training.supervised import continue_run, fingerprint, fit
 from dlzoo.training.run import RunContext
 
 RUNS = "runs"  # sub-folder of the model dir with one folder per further fit
@@ -66,11 +66,9 @@ def _open_child(cfg: DictConfig, parent: RunContext, name: str) -> str:
     return run.info.run_id
 
 
-def fit_runs(cfg: DictConfig, ctx: RunContext, seeds: list[int] | None = None, folds: dict | None = None,
-             callbacks: dict | None = None) -> dict:
+def fit_runs(cfg: DictConfig, ctx: RunContext, seeds: list[int] | None = None, folds: dict | None = None) -> dict:
     """The further fits (one per seed and fold), then the recipe's own; returns the own fit's result with a
-    `protocol` entry: {run name: {best_score, seconds}}. `callbacks`: the further Lightning callbacks of
-    conf/runner/supervised.yaml, a fresh copy for each fit."""
+    `protocol` entry: {run name: {best_score, seconds}}."""
     import lightning as L
 
     runs = protocol_runs(seeds, OmegaConf.to_container(folds, resolve=True) if isinstance(folds, DictConfig) else folds)
@@ -101,7 +99,7 @@ def fit_runs(cfg: DictConfig, ctx: RunContext, seeds: list[int] | None = None, f
                            total_epochs=cfg.trainer.get("max_epochs"))
         child.name = f"{ctx.name}[{name}]"
         try:
-            sub_result = fit(sub, child, copy.deepcopy(callbacks))
+            sub_result = fit(sub, child)
         finally:
             if child.is_main and child.run_opened:
                 status = "FINISHED" if child.history else "FAILED"
@@ -113,7 +111,7 @@ def fit_runs(cfg: DictConfig, ctx: RunContext, seeds: list[int] | None = None, f
                       "seconds": round(time.perf_counter() - child._start, 1), "run_id": child.run_id}
         write_json(finished, done[name])
     L.seed_everything(cfg.seed, workers=True, verbose=False)   # as the train stage seeds it before its runner
-    result = fit(cfg, ctx, copy.deepcopy(callbacks))
+    result = fit(cfg, ctx)
     if ctx.is_main:
         for name in runs:
             target = ctx.model_dir / RUNS / name
@@ -135,11 +133,7 @@ def _continue_run(work: Path, code: str, ctx: RunContext) -> None:
     if meta and meta.get("fingerprint") == code:
         if (Path(f"{ctx.model_dir}.resume") / "resume.json").is_file():
             return   # killed in the family's own fit: the runner resumes that fit and its run itself
-        mlflow_client = client(ctx.tracking_uri)
-        run = mlflow_client.get_run(meta["run_id"])
-        mlflow_client.update_run(meta["run_id"], status="RUNNING")
-        mlflow_client.set_tag(meta["run_id"], "dlzoo.resumes", str(int(run.data.tags.get("dlzoo.resumes", "0")) + 1))
-        ctx._run_id = meta["run_id"]   # RunContext opens a new run on first use; this stage continues its own
+        continue_run(ctx, meta["run_id"])
         return
     if work.exists():
         shutil.rmtree(work)

@@ -1,5 +1,6 @@
-"""The supervised Lightning runner that survives being killed (issue 16): it fits `cfg.model` on
-`cfg.data.module` as `dlzoo.training.lightning.fit` does, and resumes from its last complete epoch.
+"""The default runner: supervised Lightning fitting of `cfg.model` on `cfg.data.module` (any family whose recipe
+names a DataModule and a LightningModule) that survives being killed (issue 16): it resumes from its last
+complete epoch.
 
 At each epoch end it keeps a resume point in `<paths.model_dir>.resume/`, beside the stage's outputs but not
 among them (`dvc repro` deletes a stage's outputs before it runs it again, and must not track this):
@@ -18,12 +19,9 @@ code is discarded with one log line (its run is marked KILLED). The point is rem
 Lightning's own SLURM auto-requeue saves mid-epoch checkpoints that cannot resume exactly (the order of the
 epoch's remaining batches is lost), so it is turned off here; a requeued job resumes from the epoch point.
 
-Further Lightning callbacks come from the config by name (`runner.callbacks` in conf/runner/supervised.yaml:
-the learning rate of every optimiser each epoch, `LearningRateMonitor`). A fresh run also records its data as
-an MLflow dataset input with DVC's digest, and its DVC experiment name (dlzoo.tracking.lineage, issue 15).
-
-Recipes move to this runner task by task (`runner._target_` in their recipe), because a move re-runs the
-task's stages; `dlzoo.training.lightning.fit` serves the others until the last has moved, then goes.
+Further Lightning callbacks come from the config's `callbacks` group by name (conf/callbacks/default.yaml: the
+learning rate of every optimiser each epoch, `LearningRateMonitor`). A fresh run also records its data as an
+MLflow dataset input with DVC's digest, and its DVC experiment name (dlzoo.tracking.lineage, issue 15).
 """
 
 from __future__ import annotations
@@ -190,16 +188,22 @@ def load_resume_point(directory: Path, fingerprint: str, ctx: RunContext) -> dic
     return None
 
 
-def _resume_run(ctx: RunContext, meta: dict, directory: Path) -> None:
-    """Continue the killed attempt's MLflow run, learning curve and best checkpoint (rank 0)."""
+def continue_run(ctx: RunContext, run_id: str) -> None:
+    """Make the killed attempt's MLflow run this stage's run again (rank 0): RUNNING, its `dlzoo.resumes` tag
+    counted up. Also the protocol runner's (dlzoo.training.protocol), for its parent run."""
     from dlzoo.tracking import client
 
     mlflow_client = client(ctx.tracking_uri)
-    run = mlflow_client.get_run(meta["run_id"])
-    mlflow_client.update_run(meta["run_id"], status="RUNNING")
-    mlflow_client.set_tag(meta["run_id"], "dlzoo.resumes", str(int(run.data.tags.get("dlzoo.resumes", "0")) + 1))
+    run = mlflow_client.get_run(run_id)
+    mlflow_client.update_run(run_id, status="RUNNING")
+    mlflow_client.set_tag(run_id, "dlzoo.resumes", str(int(run.data.tags.get("dlzoo.resumes", "0")) + 1))
     # RunContext opens a new run on first use; a resumed stage continues the run it began instead
-    ctx._run_id = meta["run_id"]
+    ctx._run_id = run_id
+
+
+def _resume_run(ctx: RunContext, meta: dict, directory: Path) -> None:
+    """Continue the killed attempt's MLflow run, learning curve and best checkpoint (rank 0)."""
+    continue_run(ctx, meta["run_id"])
     ctx.history = list(meta["history"])
     ctx.best_seen = meta.get("best_seen")
     ctx._start -= meta.get("seconds", 0.0)  # seconds per epoch and the ETA count the killed attempt's epochs
@@ -208,10 +212,9 @@ def _resume_run(ctx: RunContext, meta: dict, directory: Path) -> None:
         shutil.copyfile(directory / "best.ckpt", ctx.checkpoint_path)
 
 
-def fit(cfg: DictConfig, ctx: RunContext, callbacks: dict | None = None) -> dict:
+def fit(cfg: DictConfig, ctx: RunContext) -> dict:
     """Fit `cfg.model` on `cfg.data.module`, resuming a killed attempt; the best checkpoint by
-    `cfg.checkpoint` goes to ctx.model_dir. `callbacks`: further Lightning callbacks by name, built from
-    `runner.callbacks` (conf/runner/supervised.yaml)."""
+    `cfg.checkpoint` goes to ctx.model_dir, with the further Lightning callbacks of `cfg.callbacks`."""
     require_keys(cfg, "data.module", "model")
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -221,6 +224,7 @@ def fit(cfg: DictConfig, ctx: RunContext, callbacks: dict | None = None) -> dict
     datamodule = build(cfg.data.module, "data.module")
     model = build(cfg.model, "model")
     datamodule.setup("fit")  # fail on missing data before any epoch runs
+    callbacks = {name: build(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()}
 
     directory = Path(f"{ctx.model_dir}.resume")
     code = fingerprint(cfg)
@@ -244,7 +248,7 @@ def fit(cfg: DictConfig, ctx: RunContext, callbacks: dict | None = None) -> dict
                                   run_id=ctx.run_id, logged=logged)
     # the pipeline's own callbacks first; ModelCheckpoint and then ResumePoint run last (Checkpoint subclasses)
     every = [EpochHistory(ctx), CheckpointStamp(cfg.task, cfg.family, cfg.experiment_name), RngState(),
-             *(callbacks or {}).values(),
+             *callbacks.values(),
              checkpoint, ResumePoint(directory, ctx, code, meta.get("seconds", 0.0) if meta else 0.0)]
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer = build_trainer(cfg.trainer, logger=logger, callbacks=every, plugins=plugins)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -132,5 +131,9 @@ def _log_model(cfg: DictConfig, model, example) -> None:
             return
         except Exception as exc:  # torch.export raises many types; the pickle below still logs the model
             log.warning("torch.export could not save %s (%s); logging it pickled", cfg.family, str(exc)[:200])
+    # a pickle names the project's classes: `src/dlzoo` goes with it, and the requirements are what its modules import
+    from dlzoo.tracking.requirements import PACKAGE_DIR, pickled_requirements
+
     mlflow.pytorch.log_model(net, name="model", signature=signature, serialization_format="pickle",
-                             registered_model_name=register_as, pip_requirements=requirements)
+                             registered_model_name=register_as, pip_requirements=pickled_requirements(net),
+                             code_paths=[str(PACKAGE_DIR)])
