@@ -22,7 +22,8 @@ from pathlib import Path
 
 import mlflow
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+from dlzoo.tracking.requirements import PACKAGE_DIR  # src/dlzoo, shipped as code_paths
+
 # What the wrapped code imports (dlzoo.translate: torch, the tokenisers; dlzoo.data.enja: Lightning's DataModule)
 REQUIREMENTS = ("torch", "lightning", "numpy", "sacremoses", "janome", "matplotlib", "omegaconf")
 
