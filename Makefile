@@ -10,8 +10,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 4
-# make repro PROFILE=smoke: the whole pipeline at smoke size (a DVC experiment with profile=smoke)
+# make repro PROFILE=smoke: the whole pipeline at smoke size, as a DVC experiment in a temporary copy
+# (`dvc exp run --temp`) logging to its own store, so it changes no tracked file and nothing in mlflow.db.
+# With a LAUNCHER it runs in the workspace, like every other profile: the cluster's jobs write the workspace's paths.
 PROFILE ?=
+SMOKE_STORE := sqlite:///$(CURDIR)/mlflow-smoke.db
 # make repro TARGETS=evaluate_digits-cnn: only those stages and what they depend on (dvc repro's targets)
 TARGETS ?=
 # The trainer param (params.yaml, cpu by default) is passed to every train stage on its command line, where
@@ -26,10 +29,11 @@ PIPELINES := $(if $(TARGETS),$(TARGETS),$(if $(wildcard profiles/$(PROFILE)/dvc.
 # PYTHONPATH makes it import this tree's src/ whichever checkout the venv was installed from.
 RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" PYTHONPATH="$(CURDIR)/src"
 
-.PHONY: help venv data repro stages results test test-e2e test-slow ui server clean
+.PHONY: help venv data repro try serve stages results test test-e2e test-slow ui server clean
 help:
 	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; see README: Timings)"
-	@echo "make repro PROFILE=smoke the same pipeline at smoke size (minutes): try this first"
+	@echo "make try                train, evaluate, register and serve one digits classifier, and ask it once (minutes)"
+	@echo "make repro PROFILE=smoke the same pipeline at smoke size, in a temporary copy with its own store (mlflow-smoke.db)"
 	@echo "make repro TARGETS=...  only those stages and their upstream, e.g. TARGETS=evaluate_digits-cnn"
 	@echo "make repro PROFILE=full  the GPU recipes (TRAINER=gpu unless TRAINER=ddp|fsdp is given), with profiles/full/dvc.yaml"
 	@echo "make repro LAUNCHER=slurm on a login node: train stages on the resumable runner run as SLURM jobs (README)"
@@ -38,7 +42,8 @@ help:
 	@echo "make test-slow          every test, slow and e2e included"
 	@echo "make stages             regenerate dvc.yaml from conf/experiment/ (python -m dlzoo.stages)"
 	@echo "make results            regenerate the README's results tables from metrics/"
-	@echo "make ui                 MLflow UI for mlflow.db on http://$(HOST):$(PORT)"
+	@echo "make serve TASK=digits  serve models:/<task>@champion on http://$(HOST):$(SERVE_PORT) (or MODEL=models:/<name>/<version>)"
+	@echo "make ui                 MLflow UI for mlflow.db on http://$(HOST):$(PORT) (STORE=mlflow-smoke.db for the smoke run's)"
 	@echo "make server HOST=0.0.0.0 a tracking server for cluster nodes (MLFLOW_TRACKING_URI=http://<this host>:$(PORT))"
 
 venv: $(STAMP)
@@ -57,6 +62,9 @@ data: $(STAMP)
 repro: data
 ifeq ($(PROFILE)$(LAUNCHER),)
 	$(RUN) dvc repro $(TARGETS)
+else ifeq ($(PROFILE)$(LAUNCHER),smoke)
+	$(RUN) MLFLOW_TRACKING_URI=$(SMOKE_STORE) dvc exp run --temp $(strip --set-param profile=smoke $(if $(TRAINER),--set-param trainer=$(TRAINER)) $(PIPELINES))
+	@echo "smoke run done: its results are the DVC experiment above (dvc exp show), its runs in mlflow-smoke.db (make ui STORE=mlflow-smoke.db)"
 else
 	$(RUN) dvc exp run $(strip $(if $(PROFILE),--set-param profile=$(PROFILE)) $(if $(TRAINER),--set-param trainer=$(TRAINER)) $(if $(LAUNCHER),--set-param launcher=$(LAUNCHER)) $(PIPELINES))
 endif
@@ -76,8 +84,20 @@ test-e2e: data
 test-slow: data
 	$(RUN) python -m pytest -m "slow or e2e or not slow"
 
+# A first result in minutes, in outputs/try/ with its own store: nothing tracked and nothing in mlflow.db changes.
+try: data
+	$(RUN) python -m dlzoo.quickstart
+
+# `mlflow models serve` execs uvicorn by name: RUN puts the venv's bin first on PATH, so nothing needs activating.
+SERVE_PORT ?= 5001
+MODEL ?=
+TASK ?=
+serve: $(STAMP)
+	$(RUN) python -m dlzoo.serve $(if $(TASK),--task $(TASK)) $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(SERVE_PORT)
+
+STORE ?= mlflow.db
 ui: $(STAMP)
-	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(HOST) --port $(PORT)
+	$(RUN) mlflow ui --backend-store-uri sqlite:///$(STORE) --host $(HOST) --port $(PORT)
 
 # The tracking server cluster nodes log to: the same mlflow.db, artifacts uploaded through the server into
 # mlartifacts/ (nodes need no shared disk). On the nodes: MLFLOW_TRACKING_URI=http://<host>:$(PORT) and

@@ -175,10 +175,22 @@ def shapes(tmp_path_factory):
     return out, prepare(str(out), **TINY_SHAPES)
 
 
+def user_env(extra: dict | None = None) -> dict:
+    """A login shell's environment: no venv on PATH, nothing activated, no project variables."""
+    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+            if p and not Path(p, "activate").exists() and ".venv" not in p]
+    env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER") if k in os.environ}
+    env["PATH"] = os.pathsep.join(path)
+    env.update(extra or {})
+    return env
+
+
 @contextlib.contextmanager
 def served(model_uri: str, tracking_uri: str, cwd: Path, timeout: float = 120):
-    """`mlflow models serve -m <model_uri> --env-manager local` on a free loopback port; yields
-    post(inputs) -> the JSON answer's "predictions". The server is stopped on the way out."""
+    """`make serve MODEL=<model_uri>` as a user types it (a shell with nothing activated, the store named by
+    MLFLOW_TRACKING_URI) on a free loopback port; yields post(inputs) -> the JSON answer's "predictions".
+    The server is stopped on the way out."""
+    import signal
     import socket
     import time
     import urllib.request
@@ -186,11 +198,9 @@ def served(model_uri: str, tracking_uri: str, cwd: Path, timeout: float = 120):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    server = subprocess.Popen([mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], cwd=cwd,
-                              env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(["make", "--no-print-directory", "-C", str(REPO), "serve", f"MODEL={model_uri}",
+                               f"SERVE_PORT={port}"], cwd=cwd, env=user_env({"MLFLOW_TRACKING_URI": tracking_uri}),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def post(inputs):
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
@@ -206,10 +216,9 @@ def served(model_uri: str, tracking_uri: str, cwd: Path, timeout: float = 120):
                 break
             except OSError:
                 assert server.poll() is None, server.stderr.read()[-2000:]
-                assert time.monotonic() < deadline, f"mlflow models serve did not answer /ping within {timeout} s"
+                assert time.monotonic() < deadline, f"make serve did not answer /ping within {timeout} s"
                 time.sleep(0.5)
         yield post
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-

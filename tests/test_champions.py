@@ -53,19 +53,37 @@ def test_choose_follows_each_tasks_direction_and_skips_what_is_missing(tmp_path)
     assert "go-5x5" not in chosen  # no metrics file: nothing to choose
 
 
-def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
+def _train_and_evaluate(experiment_id: str, family: str, metric: str, value: float) -> str:
+    """A train run that registers `digits-<family>` and an evaluate run naming it (as the stages write them)."""
     import mlflow
     import torch
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name=family, tags={"stage": "train", "family": family}) as r:
+        mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle",
+                                 registered_model_name=f"digits-{family}", pip_requirements=["torch"])
+    _evaluate(experiment_id, family, r.info.run_id, metric, value)
+    return r.info.run_id
+
+
+def _evaluate(experiment_id: str, family: str, train_run_id: str, metric: str, value: float) -> None:
+    import mlflow
+
+    time.sleep(0.005)   # distinct start times: the newest evaluate run comes first
+    with mlflow.start_run(experiment_id=experiment_id, run_name=family,
+                          tags={"stage": "evaluate", "family": family, "train_run_id": train_run_id}):
+        mlflow.log_metric(metric, value)
+
+
+def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
+    import mlflow
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     experiment_id = MlflowClient(uri).create_experiment("digits")
-    for family in ("cnn", "mobilenet"):
-        with mlflow.start_run(experiment_id=experiment_id, run_name=family):
-            mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle",
-                                     registered_model_name=f"digits-{family}", pip_requirements=["torch"])
+    runs = {family: _train_and_evaluate(experiment_id, family, "test/accuracy", value)
+            for family, value in (("cnn", 0.99), ("mobilenet", 0.98))}
     metrics = tmp_path / "metrics"
     _write(metrics, "digits", "cnn", **{"test/accuracy": 0.99, "latency_ms_b1": 0.3, "test/loss": 0.05})
     _write(metrics, "digits", "mobilenet", **{"test/accuracy": 0.98, "latency_ms_b1": 0.4})
@@ -76,7 +94,7 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     out = champions(cfg)
     client = MlflowClient(uri)
     assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == "1"
-    assert sorted(out["published"]) == ["digits-cnn", "digits-mobilenet"]
+    assert sorted(out["published"]) == ["digits", "digits-cnn", "digits-mobilenet"]
     assert "digits-densenet" in out["missing"]  # a family whose model is not in this store is named, not fatal
     assert json.loads((tmp_path / "champions.json").read_text())["digits"] == {
         "family": "cnn", "metric": "test/accuracy", "mode": "max", "value": 0.99, "runner_up": "mobilenet",
@@ -85,17 +103,77 @@ def test_champion_alias_and_version_metrics_in_the_store(tmp_path, monkeypatch):
     assert version.tags["test/accuracy"] == "0.98" and version.tags["metrics_file"] == "metrics/digits/mobilenet.json"
     logged = client.get_logged_model(logged_model_id(version))
     assert {m.key: m.value for m in logged.metrics}["test/accuracy"] == pytest.approx(0.98)
+    # the task's own address: a copy of the champion's version, tagged with its family and numbers
+    task_champion = client.get_model_version_by_alias("digits", "champion")
+    cnn = client.get_model_version("digits-cnn", "1")
+    assert task_champion.source == cnn.source and task_champion.run_id == runs["cnn"]
+    assert {k: task_champion.tags[k] for k in ("family", "test/accuracy", "dlzoo.source_model")} == {
+        "family": "cnn", "test/accuracy": "0.99", "dlzoo.source_model": "digits-cnn/1"}
 
     # mobilenet re-evaluated and now the better one: the alias moves; cnn's unchanged number is not logged twice
     _write(metrics, "digits", "mobilenet", **{"test/accuracy": 0.995, "latency_ms_b1": 0.4})
+    _evaluate(experiment_id, "mobilenet", runs["mobilenet"], "test/accuracy", 0.995)
     champions(cfg)
     assert str(client.get_model_version_by_alias("digits-mobilenet", "champion").version) == "1"
     assert "champion" not in client.get_registered_model("digits-cnn").aliases
+    assert client.get_model_version_by_alias("digits", "champion").tags["family"] == "mobilenet"
     cnn = client.get_model_version("digits-cnn", "1")
     assert [m.value for m in client.get_metric_history(cnn.run_id, "test/accuracy")] == [0.99]
     mobilenet = client.get_model_version("digits-mobilenet", "1")
     assert [m.value for m in client.get_metric_history(mobilenet.run_id, "test/accuracy")] == [0.98, 0.995]
     assert mobilenet.tags["test/accuracy"] == "0.995"
+    champions(cfg)   # again: the task model gains no version
+    assert len(client.search_model_versions("name='digits'")) == 2
+
+
+def test_the_alias_stays_on_the_measured_version_when_a_newer_one_is_registered(tmp_path, monkeypatch):
+    """A version registered by hand (or by a smoke run in the same store) after the evaluation is newer, but it is
+    not what the metrics file measured: neither the family's nor the task's alias goes to it."""
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("digits")
+    _train_and_evaluate(experiment_id, "cnn", "test/accuracy", 0.99)
+    metrics = tmp_path / "metrics"
+    _write(metrics, "digits", "cnn", **{"test/accuracy": 0.99})
+    cfg = _store_config(uri, metrics, tmp_path / "champions.json")
+    champions(cfg)
+    before = client.get_model_version_by_alias("digits", "champion")
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name="by-hand"):
+        mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle",
+                                 registered_model_name="digits-cnn", pip_requirements=["torch"])
+    # and an evaluate run of it with another number: it did not write the metrics file
+    (hand,) = [v for v in client.search_model_versions("name='digits-cnn'") if str(v.version) == "2"]
+    _evaluate(experiment_id, "cnn", hand.run_id, "test/accuracy", 0.5)
+    champions(cfg)
+    assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == "1"
+    after = client.get_model_version_by_alias("digits", "champion")
+    assert after.version == before.version and after.tags["dlzoo.source_model"] == "digits-cnn/1"
+
+
+def test_a_family_with_no_evaluate_run_in_the_store_moves_no_alias(tmp_path, monkeypatch):
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment_id = MlflowClient(uri).create_experiment("digits")
+    with mlflow.start_run(experiment_id=experiment_id, run_name="cnn"):   # registered, never evaluated here
+        mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle",
+                                 registered_model_name="digits-cnn", pip_requirements=["torch"])
+    metrics = tmp_path / "metrics"
+    _write(metrics, "digits", "cnn", **{"test/accuracy": 0.99})
+    out = champions(_store_config(uri, metrics, tmp_path / "champions.json"))
+    assert out["missing"] == ["digits-cnn"] and out["published"] == []
+    assert "champion" not in MlflowClient(uri).get_registered_model("digits-cnn").aliases
 
 
 def test_evaluate_and_compress_runs_nest_under_their_train_run_and_variants_are_registered(tmp_path, monkeypatch):
@@ -148,7 +226,7 @@ def test_evaluate_and_compress_runs_nest_under_their_train_run_and_variants_are_
 
 
 def test_the_digits_champion_is_served_offline_as_class_probabilities(workdir, make_cfg):
-    """`mlflow models serve -m models:/digits-cnn@champion --env-manager local` on loopback answers test images
+    """`make serve TASK=digits` (models:/digits@champion) from a shell with nothing activated answers test images
     with one probability per class name: the softmax of the logits the trained version (torch.export) gives.
     The champion is a wrapper version made once: re-running the stage adds none."""
     import mlflow
@@ -193,7 +271,8 @@ def test_the_digits_champion_is_served_offline_as_class_probabilities(workdir, m
     in_process = mlflow.pyfunc.load_model("models:/digits-cnn@champion").predict(images.numpy())
     assert list(in_process.columns) == [str(d) for d in range(10)]
     assert torch.allclose(torch.tensor(in_process.to_numpy()), expected, atol=1e-6)
-    with served("models:/digits-cnn@champion", uri, workdir) as post:
+    assert client.get_model_version_by_alias("digits", "champion").source == champion.source
+    with served("models:/digits@champion", uri, workdir) as post:
         answer = post(images.numpy().tolist())
     assert len(answer) == 4 and all(list(row) == [str(d) for d in range(10)] for row in answer)
     probabilities = torch.tensor([[row[str(d)] for d in range(10)] for row in answer], dtype=torch.float64)

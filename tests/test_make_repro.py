@@ -25,23 +25,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, mlflow_runs, sqlite_ok
+from conftest import REPO, mlflow_runs, sqlite_ok, user_env
 
 VENV = Path(sys.prefix)
 # ~100 stages at ~13 s each (imports and DVC's own work): too long for the default suite's 15 minutes on 2 cores.
 # `make test-e2e` runs it, and CI (.ci/run) runs it after the default suite; the default suite's as-typed check
 # is tests/test_make_repro_targets.py (one family's chain).
 pytestmark = pytest.mark.e2e
-
-
-def user_env(extra: dict | None = None) -> dict:
-    """A login shell's environment: no venv on PATH, nothing activated, no project variables."""
-    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-            if p and not Path(p, "activate").exists() and ".venv" not in p]
-    env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER") if k in os.environ}
-    env["PATH"] = os.pathsep.join(path)
-    env.update(extra or {})
-    return env
 
 
 def sh(*args: str, cwd: Path, env: dict | None = None, timeout: int = 3600) -> subprocess.CompletedProcess:
@@ -80,13 +70,39 @@ def fresh_copy(base: Path) -> Path:
     return dst
 
 
+def seed_store(db: Path) -> dict:
+    """A project store with one registered version and its `champion` alias, as a user's main store has."""
+    code = ("import mlflow, sys; from mlflow import MlflowClient; c = MlflowClient(sys.argv[1]); "
+            "c.create_registered_model('digits'); "
+            "v = c.create_model_version('digits', source='file:///nowhere/model'); "
+            "c.set_registered_model_alias('digits', 'champion', v.version)")
+    sh(str(VENV / "bin" / "python"), "-c", code, f"sqlite:///{db}", cwd=db.parent)
+    return {"aliases": store_aliases(db), "bytes": db.read_bytes()}
+
+
+def store_aliases(db: Path) -> list:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        return sorted(con.execute("select name, alias, version from registered_model_aliases").fetchall())
+
+
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
-    """A fresh copy with `make repro PROFILE=smoke` run in it."""
+    """A fresh copy with `make repro PROFILE=smoke` run in it. The run must leave the working tree and the project's
+    store as they were: that is checked here, then the smoke experiment is applied to the copy's workspace (`dvc exp
+    apply`), so the tests below read its metrics, plots and artifacts where a workspace run would have left them."""
     base = tmp_path_factory.mktemp("fresh")
     dst = fresh_copy(base)
+    main_store = seed_store(dst / "mlflow.db")
     audit = base / "imports.jsonl"
     out = sh("make", "repro", "PROFILE=smoke", cwd=dst, env=user_env({"DLZOO_IMPORT_AUDIT": str(audit)}))
+    status = sh("git", "status", "--porcelain", cwd=dst).stdout
+    assert status == "", f"make repro PROFILE=smoke changed the working tree:\n{status[:2000]}"
+    assert store_aliases(dst / "mlflow.db") == main_store["aliases"]
+    assert (dst / "mlflow.db").read_bytes() == main_store["bytes"], "make repro PROFILE=smoke wrote to mlflow.db"
+    (name,) = dvc("exp", "ls", "--name-only", cwd=dst).stdout.split()
+    dvc("exp", "apply", name, cwd=dst)
     return dst, out.stdout + out.stderr, audit
 
 
@@ -152,7 +168,7 @@ def test_four_tasks_report_draws_the_same_images_and_logs_its_number(fresh):
     test_images = json.loads((dst / "artifacts/data/shapes/test/annotations.json").read_text())["images"]
     assert report["test/num_examples"] == len(test_images)  # the image-level class scored on every test image
     assert (dst / "plots/shapes-four-tasks/four_tasks.png").stat().st_size > 10_000
-    (run,) = [r for r in mlflow_runs(dst / "mlflow.db") if r["experiment"] == "shapes-four-tasks"]
+    (run,) = [r for r in mlflow_runs(dst / "mlflow-smoke.db") if r["experiment"] == "shapes-four-tasks"]
     assert run["metrics"]["test/dominant_shape_accuracy"] == pytest.approx(report["test/dominant_shape_accuracy"])
 
 
@@ -171,7 +187,7 @@ def test_smoke_models_learn(fresh):
 
 def test_mlflow_runs_carry_tags_and_the_dvc_numbers(fresh):
     dst, _, _ = fresh
-    db = dst / "mlflow.db"
+    db = dst / "mlflow-smoke.db"
     assert sqlite_ok(db)
     runs = mlflow_runs(db)
     stages = stage_table(dst)
@@ -207,11 +223,14 @@ def test_editing_one_model_file_stales_only_its_family(fresh):
 
 def test_one_command_variant_reruns_only_that_family(fresh):
     dst, _, _ = fresh
-    out = dvc("exp", "run", "-S", "conf/experiment/timeseries-sine-gru.yaml:model.net.hidden_size=8", cwd=dst).stdout
+    # in the workspace, logging to the smoke run's store (where the hidden_size=32 run is)
+    smoke_store = {"MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow-smoke.db'}"}
+    out = sh("dvc", "exp", "run", "-S", "conf/experiment/timeseries-sine-gru.yaml:model.net.hidden_size=8", cwd=dst,
+             env={**activated_env(), **smoke_store}).stdout
     # `champions` re-reads every recipe and metrics file, so it follows any variant (seconds, no training)
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {"train_timeseries-sine-gru", "evaluate_timeseries-sine-gru",
                                                                 "champions"}
-    hidden = [r["params"]["model.net.hidden_size"] for r in mlflow_runs(dst / "mlflow.db")
+    hidden = [r["params"]["model.net.hidden_size"] for r in mlflow_runs(dst / "mlflow-smoke.db")
               if r["tags"]["stage"] == "train" and r["name"] == "gru" and r["experiment"] == "timeseries-sine"]
     assert sorted(hidden) == ["32", "8"]
 
@@ -254,7 +273,8 @@ def make_ui(dst: Path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen(["make", "--no-print-directory", "ui", f"PORT={port}"], cwd=dst, env=user_env(),
+    server = subprocess.Popen(["make", "--no-print-directory", "ui", f"PORT={port}", "STORE=mlflow-smoke.db"], cwd=dst,
+                              env=user_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -349,3 +369,6 @@ def test_the_store_answers_over_the_rest_api(fresh):
             name = f"{task}-{choice['family']}"
             version = rest(url, "registered-models/alias", name=name, alias="champion")["model_version"]
             assert version["name"] == name, task
+            # the task's stable address holds the same model, tagged with the family that won
+            by_task = rest(url, "registered-models/alias", name=task, alias="champion")["model_version"]
+            assert by_task["source"] == version["source"] and _tags(by_task)["family"] == choice["family"], task
