@@ -209,6 +209,7 @@ def test_evaluate_and_compress_runs_nest_under_their_train_run_and_variants_are_
     assert parent == {evaluate_id: train_id, stray_id: None, old_id: train_id, compress_id: train_id,
                       gone_id: train_id, train_id: None}
     assert out["lineage"]["variants"] == ["digits-cnn-static-int8"]
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     (version,) = client.search_model_versions("name='digits-cnn-static-int8'")
     assert version.run_id == compress_id and version.source == f"runs:/{compress_id}/compressed"   # the latest run
     assert {k: version.tags[k] for k in ("test/accuracy", "size_mb", "latency_ms_b32", "num_params", "speedup_b1",

@@ -331,6 +331,9 @@ def test_the_store_answers_over_the_rest_api(fresh):
     with make_ui(dst) as url:
         experiments = {e["name"]: e["experiment_id"] for e in rest(url, "experiments/search", {"max_results": 1000})["experiments"]}
         assert {t for t, _ in trained} <= set(experiments)   # MLflow's names are unique: one experiment per task
+        for task in {t for t, _ in trained}:   # the UI opens each on its runs table
+            tags = _tags(rest(url, "experiments/get", experiment_id=experiments[task])["experiment"])
+            assert tags.get("mlflow.experimentKind") == "custom_model_development", task
         ids = [experiments[t] for t in tasks if t in experiments]
         train_runs = {}   # (task, family) -> the family's latest train run (not a protocol's further fit)
         for run in sorted(_runs(url, ids, "train"), key=lambda r: int(r["info"]["start_time"])):

@@ -4,6 +4,8 @@ compress stages:
 - every evaluate and compress run nests under the train run it measured (the tag `mlflow.parentRunId`, from the
   `train_run_id` / `parent_run_id` tag the stage wrote), so the train run's page in the MLflow UI lists its
   held-out evaluation and each compressed variant, and the runs table shows them folded under it;
+- every task's experiment is tagged as model training (`mlflow.experimentKind`), which MLflow 3's UI reads to
+  open it on the runs table rather than the GenAI overview of traces and prompts;
 - each compressed variant's latest compress run is registered as a version of `<task>-<family>-<method>` (its
   source: the run's `compressed/` artifacts, the network's safetensors and, where exported, its ONNX file), with
   version tags: the task's headline metric, the size and latency columns the compression report has, the
@@ -23,6 +25,8 @@ from pathlib import Path
 
 log = logging.getLogger("dlzoo")
 
+# The experiment tag MLflow 3's UI reads to open an experiment on its runs table, not on its GenAI overview
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARENT_TAG = "mlflow.parentRunId"   # MLflow's own nesting tag: the UI folds a run under this one
 SOURCE_TAGS = {"evaluate": "train_run_id", "compress": "parent_run_id"}
 # The compression report's cost columns, as version tags when the variant's metrics have them
@@ -104,6 +108,9 @@ def publish_lineage(tasks: dict[str, dict], metrics_dir: Path, tracking_uri: str
     client = tracking_client(tracking_uri)
     experiments = {t: client.get_experiment_by_name(t) for t in tasks}
     experiments = {t: e for t, e in experiments.items() if e is not None}
+    for experiment in experiments.values():   # MLflow 3's UI opens such an experiment on its runs table
+        if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     counts = nest_runs(client, [e.experiment_id for e in experiments.values()]) if experiments else {"nested": 0, "orphans": 0}
     variants = [name for t, e in sorted(experiments.items())
                 for name in register_variants(client, t, tasks[t], metrics_dir, e.experiment_id)]
