@@ -104,9 +104,12 @@ ui: $(STAMP)
 # tracking.artifact_root=null, so new experiments take the server's artifact store.
 SERVER_STORE ?= sqlite:///$(CURDIR)/mlflow.db
 SERVER_ARTIFACTS ?= $(CURDIR)/mlartifacts
+# Off the loopback (or with AUTH=1) it is MLflow's basic-auth app: the admin password from MLFLOW_AUTH_ADMIN_PASSWORD
+# or .mlflow-credentials (ignored by git); nodes log in with MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD.
+AUTH ?=
 server: $(STAMP)
-	$(RUN) mlflow server --backend-store-uri $(SERVER_STORE) --artifacts-destination $(SERVER_ARTIFACTS) \
-		--host $(HOST) --port $(PORT) --workers $(WORKERS)
+	$(RUN) python -m dlzoo.tracking.server --store $(SERVER_STORE) --artifacts $(SERVER_ARTIFACTS) \
+		--host $(HOST) --port $(PORT) --workers $(WORKERS) $(if $(AUTH),--auth)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

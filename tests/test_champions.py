@@ -29,7 +29,8 @@ def _store_config(uri: str, metrics_dir, out_file):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="champions", overrides=[f"tracking.uri={uri}", f"champions.metrics_dir={metrics_dir}",
-                                                          f"champions.out_file={out_file}", "~champions.probabilities"])
+                                                          f"champions.out_file={out_file}", "~champions.probabilities",
+                                                          "~champions.actions"])
     GlobalHydra.instance().clear()
     return cfg
 
@@ -291,3 +292,47 @@ def test_probabilities_for_an_unknown_task_is_one_line_and_writes_nothing(tmp_pa
         champions(cfg)
     assert str(info.value) == "champions.probabilities names tasks no recipe has: digitz"
     assert not (tmp_path / "champions.json").exists()
+
+
+def test_the_cartpole_champion_is_served_as_its_greedy_action(workdir, make_cfg):
+    """`make serve TASK=control-cartpole` answers observations with the action the evaluate stage would take (the
+    argmax of the trained network's scores) and its name; a request of the wrong shape is refused with 400."""
+    import urllib.error
+    import urllib.request
+
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow import MlflowClient
+
+    from conftest import served
+    from dlzoo.evaluation.evaluate import evaluate
+    from dlzoo.training.train import train
+
+    cfg = make_cfg("experiment=control-cartpole-dqn", "profile=smoke", "runner.total_steps=1200",
+                   "runner.eval_every_steps=600", "runner.val_episodes=2", "evaluator.episodes=3",
+                   "runner.learning_starts=200", "runner.train_frequency=64", "runner.gradient_steps=8",
+                   "tracking.log_model=true", "tracking.register_model=true")
+    train(cfg)
+    evaluate(cfg)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        champions_cfg = compose(config_name="champions")
+    GlobalHydra.instance().clear()
+    champions(champions_cfg)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("control-cartpole", "champion")
+    assert champion.tags["family"] == "dqn" and champion.tags["dlzoo.source_model"] == "control-cartpole-dqn/2"
+
+    observations = np.random.default_rng(0).normal(scale=[1.0, 1.0, 0.1, 1.0], size=(16, 4)).astype(np.float32)
+    mlflow.set_tracking_uri(uri)
+    network = mlflow.pytorch.load_model("models:/control-cartpole-dqn/1")
+    expected = [int(network(torch.from_numpy(obs[None])).argmax(-1)) for obs in observations]
+    with served("models:/control-cartpole@champion", uri, workdir) as post:
+        answer = post(observations.tolist())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post([[0.1, 0.2]])   # CartPole observes 4 numbers
+    assert [row["action"] for row in answer] == expected
+    assert {row["name"] for row in answer} <= {"push left", "push right"}
+    assert refused.value.code == 400

@@ -2,14 +2,17 @@
 fresh copy, from a shell where no virtualenv is active, runs one family's chain with the venv's `python`
 (the whole pipeline, ~100 stages, is tests/test_make_repro.py: `make test-e2e`, run by CI after this suite).
 
-Then: exactly that chain ran, DVC calls it up to date, each stage imported only project files among its deps,
-the numbers reached the DVC metrics file and the MLflow store alike, and typing it again runs nothing.
+Then: the working tree and the project's store are as they were (the smoke run is a `dvc exp run --temp` logging to
+mlflow-smoke.db); once the experiment is applied, exactly that chain ran, DVC calls it up to date, each stage
+imported only project files among its deps, the numbers reached the DVC metrics file and the smoke store alike,
+and typing it again runs nothing.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,13 @@ def typed(tmp_path_factory):
     dst = fresh_copy(base)
     audit = base / "imports.jsonl"
     out = sh("make", "repro", "PROFILE=smoke", f"TARGETS={TARGET}", cwd=dst, env=user_env({"DLZOO_IMPORT_AUDIT": str(audit)}))
+    status = sh("git", "status", "--porcelain", cwd=dst).stdout
+    assert status == "" and not (dst / "mlflow.db").exists(), status   # nothing tracked changed, no main store
+    (name,) = sh("dvc", "exp", "ls", "--name-only", cwd=dst, env=activated_env()).stdout.split()
+    # `dvc exp apply` brings the experiment's lock, params and metrics, then checks out every output the lock names:
+    # those of the stages this run did not reach are in no cache here, so it ends non-zero after applying the rest
+    subprocess.run(["dvc", "exp", "apply", name], cwd=dst, env=activated_env(), capture_output=True, timeout=600)
+    sh("dvc", "checkout", *sorted(CHAIN), cwd=dst, env=activated_env())
     return dst, out.stdout + out.stderr, audit
 
 
@@ -52,7 +62,7 @@ def test_each_stage_imported_only_its_deps(typed):
 def test_metrics_reach_dvc_and_mlflow_alike(typed):
     dst, _, _ = typed
     on_disk = json.loads((dst / "metrics/timeseries-sine/rnn.json").read_text())
-    runs = [r for r in mlflow_runs(dst / "mlflow.db") if r["tags"]["stage"] == "evaluate"]
+    runs = [r for r in mlflow_runs(dst / "mlflow-smoke.db") if r["tags"]["stage"] == "evaluate"]
     assert len(runs) == 1 and runs[0]["tags"]["profile"] == "smoke"
     assert runs[0]["metrics"]["test/mae"] == pytest.approx(on_disk["test/mae"])
 
@@ -67,7 +77,7 @@ def test_a_temporary_experiment_logs_into_the_repositorys_store(typed):
     """`dvc exp run --temp` runs in a copy under .dvc/tmp/exps that DVC deletes afterwards: the runs (and their
     artifacts) still land in the repository's mlflow.db and mlartifacts/, tagged with the experiment's name."""
     dst, _, _ = typed
-    before = {r["run_id"] for r in mlflow_runs(dst / "mlflow.db")}
+    before = {r["run_id"] for r in mlflow_runs(dst / "mlflow.db")} if (dst / "mlflow.db").exists() else set()
     # the copy's own src/ (its venv is this checkout's, installed editable from here), as `make` sets it
     env = {**activated_env(), "PYTHONPATH": str(dst / "src")}
     out = sh("dvc", "exp", "run", "--temp", "-n", "temp-gru", "-S", "profile=smoke", "evaluate_timeseries-sine-gru",
@@ -81,3 +91,27 @@ def test_a_temporary_experiment_logs_into_the_repositorys_store(typed):
     curves = list((dst / "mlartifacts").rglob(f"{train_run['run_id']}/artifacts/plots/learning_curve.csv"))
     assert curves, "the train run's artifacts are not in the repository's mlartifacts/"
     assert not list((dst / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_a_users_own_remote_carries_every_output_to_a_fresh_clone(typed, tmp_path):
+    """README "Your own remote": `dvc push` to a second remote (a local folder here; S3 or SSH the same way), then a
+    fresh `git clone` with `dvc pull` has every stage output without training, and `dvc repro` has nothing to do."""
+    dst, _, _ = typed
+    env = activated_env()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    sh(*git, "add", "-A", cwd=dst)
+    sh(*git, "commit", "-qm", "the smoke chain's results", cwd=dst)
+    remote = tmp_path / "my-remote"
+    sh("dvc", "remote", "add", "--local", "mine", str(remote), cwd=dst, env=env)
+    sh("dvc", "push", "-r", "mine", "data.dvc", *sorted(CHAIN), cwd=dst, env=env)
+
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(dst), str(clone), cwd=tmp_path)
+    sh("dvc", "remote", "add", "--local", "mine", str(remote), cwd=clone, env=env)
+    # the chain's stages by name: this repository ran only them, so the other stages' outputs are in no remote
+    sh("dvc", "pull", "-r", "mine", "data.dvc", *sorted(CHAIN), cwd=clone, env=env)
+    model = "artifacts/models/timeseries-sine-rnn/best.ckpt"
+    assert (clone / model).read_bytes() == (dst / model).read_bytes()
+    assert json.loads(sh("dvc", "status", "--json", TARGET, cwd=clone, env=env).stdout or "{}") == {}
+    out = sh("dvc", "repro", TARGET, cwd=clone, env=env)
+    assert "Running stage" not in out.stdout + out.stderr

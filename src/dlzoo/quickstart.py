@@ -107,7 +107,7 @@ def run(experiment: str = "digits-cnn", profile: str = "cpu") -> dict:
     metrics = evaluate(cfg)
     tasks = {cfg.task: {"metric": "test/accuracy", "mode": "max", "families": [cfg.family], "columns": []}}
     done = publish(choose(tasks, Path("metrics")), tasks, "sqlite:///" + str(Path("mlflow.db").resolve()),
-                   {cfg.task: CLASSES})
+                   {cfg.task: ("probabilities", CLASSES)})
     if cfg.task not in done["published"]:
         raise SystemExit(f"error: {cfg.task}-{cfg.family} was not registered in {OUT / 'mlflow.db'}")
     trained_at = time.perf_counter()

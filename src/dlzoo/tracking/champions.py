@@ -16,9 +16,10 @@ version carries the held-out numbers its evaluate stage measured.
 - One stable address per task: the registered model `<task>` gets a version with the champion's source, tagged
   with its `family`, the held-out numbers and the family version it copies, and the alias `champion`; so
   `models:/<task>@champion` is served without knowing which family won.
-- For the tasks in `champions.probabilities` (classifiers), the alias goes to a version that answers class
-  probabilities: `dlzoo.tracking.probabilities` wraps the champion's trained version (made once per trained
-  version), so `mlflow models serve -m models:/<task>-<family>@champion` answers a probability per class name.
+- For the tasks in `champions.probabilities` (classifiers) and `champions.actions` (policies), the alias goes to a
+  version that answers class probabilities or the greedy action: `dlzoo.tracking.probabilities` wraps the
+  champion's trained version (made once per trained version), so `mlflow models serve -m models:/<task>@champion`
+  answers a probability per class name, or an action and its name.
 - A family without a measured version in this store (its train stage ran elsewhere, its evaluate run is not
   here, or `tracking.register_model=false`) is named in one log line, and no alias moves for it; the choice is
   still written.
@@ -129,15 +130,15 @@ def publish_task_model(client, task: str, family: str, served, tags: dict[str, s
 
 
 def publish(chosen: dict[str, dict], tasks: dict[str, dict], tracking_uri: str,
-            probabilities: dict[str, list] | None = None) -> dict[str, list]:
+            answers: dict[str, tuple[str, list]] | None = None) -> dict[str, list]:
     """Tag every family's measured version with its numbers and move the `champion` aliases (for a task in
-    `probabilities`, {task: class names}, to the champion's probability version), on `<task>-<family>` and on
-    `<task>`; returns {"published": [...], "missing": [...]} registered-model names."""
+    `answers`, {task: (kind, names)}, to the champion's answer version: dlzoo.tracking.probabilities.ANSWERS), on
+    `<task>-<family>` and on `<task>`; returns {"published": [...], "missing": [...]} registered-model names."""
     from dlzoo.tracking import client as tracking_client
     from dlzoo.tracking.probabilities import trained_versions, wrapper_of
 
     client = tracking_client(tracking_uri)
-    probabilities = probabilities or {}
+    answers = answers or {}
     done: dict[str, list] = {"published": [], "missing": []}
     for task, choice in chosen.items():
         entry = tasks[task]
@@ -155,8 +156,9 @@ def publish(chosen: dict[str, dict], tasks: dict[str, dict], tracking_uri: str,
             shown = {k: float(values[k]) for k in keys if isinstance(values.get(k), (int, float))}
             tags = {**{k: _tag_text(v) for k, v in shown.items()}, "metrics_file": f"metrics/{task}/{family}.json"}
             served = version
-            if family == choice["family"] and task in probabilities:
-                served = wrapper_of(task, family, version, list(probabilities[task]), tracking_uri, client)
+            if family == choice["family"] and task in answers:
+                kind, names = answers[task]
+                served = wrapper_of(task, family, version, list(names), tracking_uri, client, kind)
             for tagged in {version.version: version, served.version: served}.values():
                 for key, text in tags.items():
                     client.set_model_version_tag(name, tagged.version, key, text)
@@ -190,16 +192,19 @@ def champions(cfg) -> dict:
     tasks = {t: e for t, e in task_tables().items() if not e["only_profile"]}
     for entry in tasks.values():  # baselines are not registered models
         entry["families"] = [f for f in entry["families"] if f not in BASELINES]
-    probabilities = cfg.champions.get("probabilities")
-    probabilities = OmegaConf.to_container(probabilities) if probabilities is not None else {}
-    unknown = sorted(set(probabilities) - set(tasks))
-    if unknown:
-        raise ConfigError(f"champions.probabilities names tasks no recipe has: {', '.join(unknown)}")
+    answers = {}
+    for kind in ("probabilities", "actions"):
+        names = cfg.champions.get(kind)
+        names = OmegaConf.to_container(names) if names is not None else {}
+        unknown = sorted(set(names) - set(tasks))
+        if unknown:
+            raise ConfigError(f"champions.{kind} names tasks no recipe has: {', '.join(unknown)}")
+        answers.update({task: (kind, list(values)) for task, values in names.items()})
     chosen = choose(tasks, metrics_dir)
     keep = ("family", "metric", "mode", "value", "runner_up", "runner_up_value")
     write_json(Path(cfg.champions.out_file), {t: {k: c[k] for k in keep} for t, c in chosen.items()})
     uri = resolve_tracking_uri(cfg.tracking.uri)
-    done = publish(chosen, tasks, uri, probabilities)
+    done = publish(chosen, tasks, uri, answers)
     lineage = publish_lineage(tasks, metrics_dir, uri)
     for task, choice in chosen.items():
         log.info("champion of %s: %s (%s = %.4g)", task, choice["family"], choice["metric"], choice["value"])

@@ -1,14 +1,19 @@
-"""A classification champion served as class probabilities (issue 15).
+"""Champions that answer what a user asks for, not what the network outputs.
 
-The train stage registers a classifier's bare network (a `torch.export` program: images in, logits out), the
-exact form the evaluate stage measured. A client of `mlflow models serve` wants a probability per named class
-instead, so for the tasks in `champions.probabilities` the champions stage registers one more version of the
-champion's model `<task>-<family>`: an `mlflow.pyfunc` model that holds the trained version's files and answers
-softmax(logits), one column per class name. That version is tagged `dlzoo.wraps_version` (the trained version
-it holds) and carries the alias `champion`; the trained versions keep answering logits.
+The train stage registers a network bare (a `torch.export` program: inputs in, raw scores out), the exact form
+the evaluate stage measured. For the tasks named in `conf/champions.yaml`, the champions stage registers one more
+version of the champion's model `<task>-<family>`: an `mlflow.pyfunc` model that holds the trained version's files
+and turns the scores into an answer. It is tagged `dlzoo.wraps_version` (the trained version it holds) and carries
+the alias `champion`; the trained versions keep answering raw scores.
 
-    mlflow models serve -m models:/digits-<family>@champion --env-manager local
+- `probabilities` (classifiers): softmax over the logits, one column per class name;
+- `actions` (reinforcement-learning policies): the greedy action, the argmax of the policy's logits or the
+  Q-network's values (as the evaluate stage acts), with its name.
+
+    mlflow models serve -m models:/digits@champion --env-manager local
     # {"inputs": [[[[...8x8 image...]]]]} -> {"predictions": [{"0": 0.001, ..., "9": 0.97}, ...]}
+    mlflow models serve -m models:/control-cartpole@champion --env-manager local
+    # {"inputs": [[0.01, -0.2, 0.03, 0.1]]} -> {"predictions": [{"action": 1, "name": "push right"}]}
 """
 
 from __future__ import annotations
@@ -48,6 +53,37 @@ class ClassProbabilities(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(torch.softmax(logits.double(), dim=-1).numpy(), columns=self.classes)
 
 
+class GreedyActions(mlflow.pyfunc.PythonModel):
+    """argmax over the wrapped network's last dimension, as a DataFrame of action index and name."""
+
+    def load_context(self, context) -> None:
+        import mlflow.pytorch
+
+        self.net = mlflow.pytorch.load_model(context.artifacts["network"])
+        self.actions = [str(a) for a in context.model_config["actions"]]
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        inputs = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.float32))
+        # one observation at a time: an agent acts on one, and its exported graph was traced on a batch of one
+        with torch.no_grad():
+            scores = torch.cat([self.net(obs[None]) for obs in inputs])
+        if scores.shape[-1] != len(self.actions):
+            raise ValueError(f"the network scores {scores.shape[-1]} actions, the model names {len(self.actions)}")
+        chosen = scores.argmax(-1).numpy().astype(np.int64)
+        return pd.DataFrame({"action": chosen, "name": [self.actions[i] for i in chosen]})
+
+
+# answer kind -> (the pyfunc class, its model_config key, the output schema's columns for the names given)
+ANSWERS = {
+    "probabilities": (ClassProbabilities, "classes", lambda names: [("double", n) for n in names]),
+    "actions": (GreedyActions, "actions", lambda names: [("long", "action"), ("string", "name")]),
+}
+
+
 def trained_versions(versions: list) -> list:
     """The versions the train stages registered (not the probability wrappers this module adds)."""
     return [v for v in versions if WRAPS not in (v.tags or {})]
@@ -66,14 +102,17 @@ def package_tags(client, trained, source: str) -> dict[str, str]:
             "dvc_stage": os.environ.get("DVC_STAGE", "champions (outside dvc)")}
 
 
-def wrapper_of(task: str, family: str, trained, classes: list[str], tracking_uri: str, client):
-    """The probability version of `<task>-<family>` that holds `trained`: the existing one, else a new one logged in a
-    `stage=package` run of the task's experiment (so re-running the champions stage adds no versions)."""
+def wrapper_of(task: str, family: str, trained, names: list[str], tracking_uri: str, client,
+               kind: str = "probabilities"):
+    """The `kind` answer version of `<task>-<family>` that holds `trained` (ANSWERS: probabilities over class
+    `names`, or greedy actions named `names`): the existing one, else a new one logged in a `stage=package` run of
+    the task's experiment (so re-running the champions stage adds no versions)."""
     from mlflow.models import ModelSignature, get_model_info
     from mlflow.types import ColSpec, Schema
 
     from dlzoo.tracking import ensure_experiment
 
+    python_model, config_key, columns = ANSWERS[kind]
     name = f"{task}-{family}"
     for candidate in client.search_model_versions(f"name='{name}'"):
         if (candidate.tags or {}).get(WRAPS) == str(trained.version):
@@ -82,14 +121,14 @@ def wrapper_of(task: str, family: str, trained, classes: list[str], tracking_uri
     source = f"models:/{name}/{trained.version}"
     trained_signature = get_model_info(source).signature
     signature = ModelSignature(inputs=trained_signature.inputs if trained_signature else None,
-                               outputs=Schema([ColSpec("double", c) for c in classes]))
+                               outputs=Schema([ColSpec(t, c) for t, c in columns(names)]))
     experiment_id = ensure_experiment(task, None, tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         network = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
         with mlflow.start_run(experiment_id=experiment_id, run_name=family, tags=package_tags(client, trained, source)):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=ClassProbabilities(), artifacts={"network": network},
-                code_paths=[str(PACKAGE_DIR)], model_config={"classes": list(classes)}, signature=signature,
+                name="model", python_model=python_model(), artifacts={"network": network},
+                code_paths=[str(PACKAGE_DIR)], model_config={config_key: list(names)}, signature=signature,
                 pip_requirements=[f"{p}=={installed_version(p).split('+')[0]}" for p in REQUIREMENTS])
     # registered with its tag in one call: a version without it would pass for a trained one
-    return mlflow.register_model(info.model_uri, name, tags={WRAPS: str(trained.version)})
+    return mlflow.register_model(info.model_uri, name, tags={WRAPS: str(trained.version), "dlzoo.answers": kind})
