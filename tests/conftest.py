@@ -208,6 +208,7 @@ def served(model_uri: str, tracking_uri: str, cwd: Path, timeout: float = 120):
                                          headers={"Content-Type": "application/json"})
         return json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
 
+    post.url = f"http://127.0.0.1:{port}/invocations"
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -336,3 +336,57 @@ def test_the_cartpole_champion_is_served_as_its_greedy_action(workdir, make_cfg)
     assert [row["action"] for row in answer] == expected
     assert {row["name"] for row in answer} <= {"push left", "push right"}
     assert refused.value.code == 400
+
+
+def test_the_forecaster_champion_answers_raw_values_in_the_series_units(workdir, make_cfg):
+    """`make serve TASK=timeseries-sine` takes windows of raw values and answers the next value(s) in the series'
+    units: the trained network's forecast on the standardised window, taken back; `steps` feeds forecasts back."""
+    import urllib.error
+    import urllib.request
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    from conftest import prepare_data, served
+    from dlzoo.config import build
+    from dlzoo.evaluation.evaluate import evaluate
+    from dlzoo.training.train import train
+
+    cfg = make_cfg("experiment=timeseries-sine-rnn", "profile=smoke", "tracking.log_model=true",
+                   "tracking.register_model=true")
+    prepare_data(cfg)
+    train(cfg)
+    evaluate(cfg)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        champions_cfg = compose(config_name="champions")
+    GlobalHydra.instance().clear()
+    champions(champions_cfg)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+
+    module = build(cfg.data.module, "data.module")
+    module.setup("fit")
+    windows = module.values[-3 * module.window:].reshape(3, module.window)   # raw values, as a user has them
+    mlflow.set_tracking_uri(uri)
+    network = mlflow.pytorch.load_model("models:/timeseries-sine-rnn/1")
+
+    def one_step(history):
+        z = torch.tensor((np.asarray(history[-module.window:]) - module.mean) / module.std, dtype=torch.float32)
+        return float(network(z.reshape(1, -1, 1)).reshape(-1)[0]) * module.std + module.mean
+
+    expected = [[one_step(list(w))] for w in windows]
+    history = list(windows[0])
+    for _ in range(3):
+        history.append(one_step(history))
+    with served("models:/timeseries-sine@champion", uri, workdir) as post:
+        answer = post(windows.tolist())
+        url = post.url
+        request = urllib.request.Request(url, method="POST", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"inputs": windows[:1].tolist(), "params": {"steps": 3}}).encode())
+        three = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post([[0.1, 0.2, 0.3]])   # a window of 3 values, where the recipe's is longer
+    assert np.allclose(answer, expected, rtol=1e-5, atol=1e-6)
+    assert np.allclose(three, [history[-3:]], rtol=1e-4, atol=1e-5)
+    assert refused.value.code == 400

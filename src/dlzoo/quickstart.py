@@ -110,6 +110,11 @@ def run(experiment: str = "digits-cnn", profile: str = "cpu") -> dict:
                    {cfg.task: ("probabilities", CLASSES)})
     if cfg.task not in done["published"]:
         raise SystemExit(f"error: {cfg.task}-{cfg.family} was not registered in {OUT / 'mlflow.db'}")
+    from dlzoo.tracking import client
+    from dlzoo.tracking.variants import EXPERIMENT_KIND, MODEL_TRAINING
+
+    store = client("sqlite:///" + str(Path("mlflow.db").resolve()))   # the UI opens it on the runs table
+    store.set_experiment_tag(store.get_experiment_by_name(cfg.task).experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     trained_at = time.perf_counter()
 
     datamodule = build(cfg.data.module, "data.module")

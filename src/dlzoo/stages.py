@@ -374,11 +374,13 @@ def champions_stage(composer: Composer, recipe_files: list[Path], measured_stage
     """`champions` (conf/champions.yaml): after every evaluate and compress stage of the default pipeline, each
     task's best family gets the registry alias `champion` and each compressed variant is registered. It reads
     their metrics files and composes every recipe (for the tasks' headline metrics), so it depends on those
-    files and on every config file the recipes load."""
+    files, on every config file the recipes load, and on the prepared series of the forecasters it serves."""
     cfg, files = composer.compose("champions", [])
     conf = list(files) + recipe_files
     metrics = [next(iter(m)) for stage in measured_stages for m in stage["metrics"]]
-    deps = _code_deps("pipelines/champions.py", cfg) + _rel(conf) + metrics
+    # a forecaster is served with its training part's scaling, read from its prepared series
+    data = [composer.compose("config", [f"data={task}"])[0].data.dir for task in cfg.champions.get("forecasts") or []]
+    deps = _code_deps("pipelines/champions.py", cfg) + _rel(conf) + metrics + data
     return {
         "cmd": "python pipelines/champions.py",
         "deps": sorted(set(deps), key=lambda d: (d.startswith(("artifacts/", "data/", "metrics/")), d)),

@@ -132,8 +132,9 @@ def publish_task_model(client, task: str, family: str, served, tags: dict[str, s
 def publish(chosen: dict[str, dict], tasks: dict[str, dict], tracking_uri: str,
             answers: dict[str, tuple[str, list]] | None = None) -> dict[str, list]:
     """Tag every family's measured version with its numbers and move the `champion` aliases (for a task in
-    `answers`, {task: (kind, names)}, to the champion's answer version: dlzoo.tracking.probabilities.ANSWERS), on
-    `<task>-<family>` and on `<task>`; returns {"published": [...], "missing": [...]} registered-model names."""
+    `answers`, {task: (kind, model_config or family -> model_config)}, to the champion's answer version:
+    dlzoo.tracking.probabilities.ANSWERS), on `<task>-<family>` and on `<task>`; returns
+    {"published": [...], "missing": [...]} registered-model names."""
     from dlzoo.tracking import client as tracking_client
     from dlzoo.tracking.probabilities import trained_versions, wrapper_of
 
@@ -157,8 +158,10 @@ def publish(chosen: dict[str, dict], tasks: dict[str, dict], tracking_uri: str,
             tags = {**{k: _tag_text(v) for k, v in shown.items()}, "metrics_file": f"metrics/{task}/{family}.json"}
             served = version
             if family == choice["family"] and task in answers:
-                kind, names = answers[task]
-                served = wrapper_of(task, family, version, list(names), tracking_uri, client, kind)
+                kind, config = answers[task]
+                config = config(family) if callable(config) else config
+                if config is not None:
+                    served = wrapper_of(task, family, version, config, tracking_uri, client, kind)
             for tagged in {version.version: version, served.version: served}.values():
                 for key, text in tags.items():
                     client.set_model_version_tag(name, tagged.version, key, text)
@@ -182,6 +185,23 @@ def publish(chosen: dict[str, dict], tasks: dict[str, dict], tracking_uri: str,
     return done
 
 
+def forecast_config(task: str, family: str) -> dict | None:
+    """A forecaster's window and the training part's mean and standard deviation, from its recipe's data module
+    (the prepare stage's folder); None, with a log line, when that folder is not here."""
+    from dlzoo.data.timeseries import ForecastDataModule
+    from dlzoo.errors import DlzooError
+    from dlzoo.stages import Composer
+
+    cfg, _ = Composer().compose("config", [f"experiment={task}-{family}"])
+    try:
+        module = ForecastDataModule(data_dir=cfg.data.module.data_dir, window=cfg.data.module.window)
+        module.setup("fit")
+    except (DlzooError, OSError) as exc:
+        log.info("%s: served without its scaling (%s)", task, exc)
+        return None
+    return {"window": int(module.window), "mean": float(module.mean), "std": float(module.std)}
+
+
 def champions(cfg) -> dict:
     """The `champions` stage: choose, write metrics/champions.json, publish to the store."""
     from dlzoo.results import BASELINES, task_tables
@@ -192,14 +212,16 @@ def champions(cfg) -> dict:
     tasks = {t: e for t, e in task_tables().items() if not e["only_profile"]}
     for entry in tasks.values():  # baselines are not registered models
         entry["families"] = [f for f in entry["families"] if f not in BASELINES]
-    answers = {}
-    for kind in ("probabilities", "actions"):
-        names = cfg.champions.get(kind)
-        names = OmegaConf.to_container(names) if names is not None else {}
-        unknown = sorted(set(names) - set(tasks))
+    answers: dict[str, tuple] = {}
+    for kind, key in (("probabilities", "classes"), ("actions", "actions"), ("forecasts", None)):
+        listed = cfg.champions.get(kind)
+        listed = OmegaConf.to_container(listed) if listed is not None else {}
+        unknown = sorted(set(listed) - set(tasks))
         if unknown:
             raise ConfigError(f"champions.{kind} names tasks no recipe has: {', '.join(unknown)}")
-        answers.update({task: (kind, list(values)) for task, values in names.items()})
+        for task in listed:
+            config = {key: list(listed[task])} if key else (lambda family, task=task: forecast_config(task, family))
+            answers[task] = (kind, config)
     chosen = choose(tasks, metrics_dir)
     keep = ("family", "metric", "mode", "value", "runner_up", "runner_up_value")
     write_json(Path(cfg.champions.out_file), {t: {k: c[k] for k in keep} for t, c in chosen.items()})

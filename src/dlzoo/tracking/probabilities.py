@@ -8,12 +8,15 @@ the alias `champion`; the trained versions keep answering raw scores.
 
 - `probabilities` (classifiers): softmax over the logits, one column per class name;
 - `actions` (reinforcement-learning policies): the greedy action, the argmax of the policy's logits or the
-  Q-network's values (as the evaluate stage acts), with its name.
+  Q-network's values (as the evaluate stage acts), with its name;
+- `forecasts` (time series): the next values for a window of raw values (`params: {"steps": k}` for k of them).
 
     mlflow models serve -m models:/digits@champion --env-manager local
     # {"inputs": [[[[...8x8 image...]]]]} -> {"predictions": [{"0": 0.001, ..., "9": 0.97}, ...]}
     mlflow models serve -m models:/control-cartpole@champion --env-manager local
     # {"inputs": [[0.01, -0.2, 0.03, 0.1]]} -> {"predictions": [{"action": 1, "name": "push right"}]}
+    mlflow models serve -m models:/timeseries-sunspots@champion --env-manager local
+    # {"inputs": [[...20 yearly means...]], "params": {"steps": 3}} -> {"predictions": [[71.2, 98.5, 120.3]]}
 """
 
 from __future__ import annotations
@@ -77,11 +80,60 @@ class GreedyActions(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"action": chosen, "name": [self.actions[i] for i in chosen]})
 
 
-# answer kind -> (the pyfunc class, its model_config key, the output schema's columns for the names given)
-ANSWERS = {
-    "probabilities": (ClassProbabilities, "classes", lambda names: [("double", n) for n in names]),
-    "actions": (GreedyActions, "actions", lambda names: [("long", "action"), ("string", "name")]),
-}
+class NextValues(mlflow.pyfunc.PythonModel):
+    """A window of the series' raw values in, the next values out, in the series' units: the window standardised
+    with the training part's mean and standard deviation (as the data module does), the network's one-step
+    forecast taken back to raw units, and for `steps` > 1 each forecast fed back as the newest value."""
+
+    def load_context(self, context) -> None:
+        import mlflow.pytorch
+
+        self.net = mlflow.pytorch.load_model(context.artifacts["network"])
+        config = context.model_config
+        self.window, self.mean, self.std = int(config["window"]), float(config["mean"]), float(config["std"])
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import torch
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        steps = int((params or {}).get("steps", 1))
+        windows = np.asarray(model_input, dtype=np.float64)
+        if windows.ndim != 2 or windows.shape[1] != self.window or not 1 <= steps <= 1000:
+            raise MlflowException(f"expected windows of {self.window} values each and 1 <= steps <= 1000, got shape "
+                                  f"{list(windows.shape)} and steps={steps}", error_code=INVALID_PARAMETER_VALUE)
+        forecasts = []
+        for row in windows:
+            history = list((row - self.mean) / self.std)
+            ahead = []
+            with torch.no_grad():
+                for _ in range(steps):
+                    x = torch.tensor(history[-self.window:], dtype=torch.float32).reshape(1, self.window, 1)
+                    ahead.append(float(self.net(x).reshape(-1)[0]))
+                    history.append(ahead[-1])
+            forecasts.append([z * self.std + self.mean for z in ahead])
+        return np.asarray(forecasts)
+
+
+# answer kind -> the pyfunc class that gives it
+ANSWERS = {"probabilities": ClassProbabilities, "actions": GreedyActions, "forecasts": NextValues}
+
+
+def answer_signature(kind: str, trained_signature, config: dict):
+    """The answer version's signature: the trained version's inputs (raw windows for forecasts) and the answer."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    inputs = trained_signature.inputs if trained_signature else None
+    if kind == "probabilities":
+        return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", c) for c in config["classes"]]))
+    if kind == "actions":
+        return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("long", "action"), ColSpec("string", "name")]))
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype("float64"), (-1, int(config["window"])))]),
+                          outputs=Schema([TensorSpec(np.dtype("float64"), (-1, -1))]),
+                          params=ParamSchema([ParamSpec("steps", "long", 1)]))
 
 
 def trained_versions(versions: list) -> list:
@@ -102,33 +154,28 @@ def package_tags(client, trained, source: str) -> dict[str, str]:
             "dvc_stage": os.environ.get("DVC_STAGE", "champions (outside dvc)")}
 
 
-def wrapper_of(task: str, family: str, trained, names: list[str], tracking_uri: str, client,
-               kind: str = "probabilities"):
-    """The `kind` answer version of `<task>-<family>` that holds `trained` (ANSWERS: probabilities over class
-    `names`, or greedy actions named `names`): the existing one, else a new one logged in a `stage=package` run of
-    the task's experiment (so re-running the champions stage adds no versions)."""
-    from mlflow.models import ModelSignature, get_model_info
-    from mlflow.types import ColSpec, Schema
+def wrapper_of(task: str, family: str, trained, config: dict, tracking_uri: str, client, kind: str = "probabilities"):
+    """The `kind` answer version of `<task>-<family>` that holds `trained` (ANSWERS; `config` is its model_config:
+    class names, action names, or a forecaster's window and scaling): the existing one, else a new one logged in a
+    `stage=package` run of the task's experiment (so re-running the champions stage adds no versions)."""
+    from mlflow.models import get_model_info
 
     from dlzoo.tracking import ensure_experiment
 
-    python_model, config_key, columns = ANSWERS[kind]
     name = f"{task}-{family}"
     for candidate in client.search_model_versions(f"name='{name}'"):
         if (candidate.tags or {}).get(WRAPS) == str(trained.version):
             return candidate
     mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs, start_run and register_model use the global store
     source = f"models:/{name}/{trained.version}"
-    trained_signature = get_model_info(source).signature
-    signature = ModelSignature(inputs=trained_signature.inputs if trained_signature else None,
-                               outputs=Schema([ColSpec(t, c) for t, c in columns(names)]))
+    signature = answer_signature(kind, get_model_info(source).signature, config)
     experiment_id = ensure_experiment(task, None, tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         network = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
         with mlflow.start_run(experiment_id=experiment_id, run_name=family, tags=package_tags(client, trained, source)):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=python_model(), artifacts={"network": network},
-                code_paths=[str(PACKAGE_DIR)], model_config={config_key: list(names)}, signature=signature,
+                name="model", python_model=ANSWERS[kind](), artifacts={"network": network},
+                code_paths=[str(PACKAGE_DIR)], model_config=dict(config), signature=signature,
                 pip_requirements=[f"{p}=={installed_version(p).split('+')[0]}" for p in REQUIREMENTS])
     # registered with its tag in one call: a version without it would pass for a trained one
     return mlflow.register_model(info.model_uri, name, tags={WRAPS: str(trained.version), "dlzoo.answers": kind})
