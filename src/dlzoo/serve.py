@@ -13,6 +13,7 @@ error naming it, before any server starts.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -40,7 +41,11 @@ def check_model(uri: str, tracking_uri: str):
     match = _MODEL_URI.fullmatch(uri)
     if not match:
         raise ConfigError(f"{uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
-    store = client(resolve_tracking_uri(tracking_uri))
+    resolved = resolve_tracking_uri(tracking_uri)
+    if resolved.startswith("sqlite:///") and not Path(resolved.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"{tracking_uri}: no such store (make repro, or make try for outputs/try/mlflow.db, makes one)")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    store = client(resolved)
     try:
         if match["alias"]:
             return store.get_model_version_by_alias(match["name"], match["alias"])
