@@ -96,7 +96,7 @@ def fresh(tmp_path_factory):
     dst = fresh_copy(base)
     main_store = seed_store(dst / "mlflow.db")
     audit = base / "imports.jsonl"
-    out = sh("make", "repro", "PROFILE=smoke", cwd=dst, env=user_env({"DLZOO_IMPORT_AUDIT": str(audit)}))
+    out = sh("make", "repro", "PROFILE=smoke", cwd=dst, env=user_env({"DLZOO_IMPORT_AUDIT": str(audit)}), timeout=4800)
     status = sh("git", "status", "--porcelain", cwd=dst).stdout
     assert status == "", f"make repro PROFILE=smoke changed the working tree:\n{status[:2000]}"
     assert store_aliases(dst / "mlflow.db") == main_store["aliases"]
