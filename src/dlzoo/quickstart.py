@@ -99,6 +99,7 @@ def run(experiment: str = "digits-cnn", profile: str = "cpu") -> dict:
     os.chdir(OUT)   # relative paths (artifacts/, metrics/, mlflow.db) resolve here, as in a stage's repository
     os.environ.pop("MLFLOW_TRACKING_URI", None)   # its own store, whatever the shell points at
     os.environ.pop("DVC_ROOT", None)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"   # one line per step, not a bar per download
     cfg = _compose(f"experiment={experiment}", f"profile={profile}", "tracking.uri=sqlite:///mlflow.db")
     if cfg.task != "digits":
         raise SystemExit(f"error: make try serves a digits classifier; {experiment} is a {cfg.task} recipe")
@@ -107,7 +108,7 @@ def run(experiment: str = "digits-cnn", profile: str = "cpu") -> dict:
     metrics = evaluate(cfg)
     tasks = {cfg.task: {"metric": "test/accuracy", "mode": "max", "families": [cfg.family], "columns": []}}
     done = publish(choose(tasks, Path("metrics")), tasks, "sqlite:///" + str(Path("mlflow.db").resolve()),
-                   {cfg.task: ("probabilities", CLASSES)})
+                   {cfg.task: ("probabilities", {"classes": CLASSES})})
     if cfg.task not in done["published"]:
         raise SystemExit(f"error: {cfg.task}-{cfg.family} was not registered in {OUT / 'mlflow.db'}")
     from dlzoo.tracking import client
