@@ -192,8 +192,9 @@ def served(model_uri: str, tracking_uri: str, cwd: Path, timeout: float = 120):
     The server is stopped on the way out."""
     import signal
     import socket
-    import time
     import urllib.request
+
+    from dlzoo.serve import wait_until_answering
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -210,15 +211,7 @@ def served(model_uri: str, tracking_uri: str, cwd: Path, timeout: float = 120):
 
     post.url = f"http://127.0.0.1:{port}/invocations"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-2000:]
-                assert time.monotonic() < deadline, f"make serve did not answer /ping within {timeout} s"
-                time.sleep(0.5)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, timeout, "make serve")
         yield post
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -35,6 +35,15 @@ def _store_config(uri: str, metrics_dir, out_file):
     return cfg
 
 
+def _stage_config():
+    """The champions stage's own config (the working directory's store, metrics and answer wrappers)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="champions")
+    GlobalHydra.instance().clear()
+    return cfg
+
+
 def test_choose_follows_each_tasks_direction_and_skips_what_is_missing(tmp_path):
     _write(tmp_path, "digits", "cnn", **{"test/accuracy": 0.98})
     _write(tmp_path, "digits", "densenet", **{"test/accuracy": 0.99})
@@ -244,10 +253,7 @@ def test_the_digits_champion_is_served_offline_as_class_probabilities(workdir, m
     prepare_data(cfg)
     train(cfg)
     evaluate(cfg)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        champions_cfg = compose(config_name="champions")
-    GlobalHydra.instance().clear()
+    champions_cfg = _stage_config()
     champions(champions_cfg)
     champions(champions_cfg)  # again: the same wrapper, no new version
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
@@ -315,10 +321,7 @@ def test_the_cartpole_champion_is_served_as_its_greedy_action(workdir, make_cfg)
                    "tracking.log_model=true", "tracking.register_model=true")
     train(cfg)
     evaluate(cfg)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        champions_cfg = compose(config_name="champions")
-    GlobalHydra.instance().clear()
+    champions_cfg = _stage_config()
     champions(champions_cfg)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -358,10 +361,7 @@ def test_the_forecaster_champion_answers_raw_values_in_the_series_units(workdir,
     prepare_data(cfg)
     train(cfg)
     evaluate(cfg)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        champions_cfg = compose(config_name="champions")
-    GlobalHydra.instance().clear()
+    champions_cfg = _stage_config()
     champions(champions_cfg)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
 

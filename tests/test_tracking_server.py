@@ -11,13 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
 from conftest import REPO, user_env
+from dlzoo.serve import wait_until_answering
 
 ADMIN_PASSWORD = "admin-password-for-this-test-only"
 USER, PASSWORD = "trainer", "trainer-password-for-this-test"
@@ -50,17 +50,7 @@ def auth_server(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break   # answering, if only to refuse
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-2000:]
-                assert time.monotonic() < deadline, "make server did not answer within 180 s"
-                time.sleep(0.5)
+        wait_until_answering(f"{url}/health", server, 180, "make server")
         yield url
     finally:
         if server.poll() is None:

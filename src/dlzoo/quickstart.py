@@ -54,23 +54,13 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def serving(uri: str, tracking_uri: str, timeout: float = 120):
     """`mlflow models serve` (as `make serve` starts it) on a free loopback port; yields its invocations URL."""
-    from dlzoo.serve import server_command, server_env
+    from dlzoo.serve import server_command, server_env, wait_until_answering
 
     port = _free_port()
     server = subprocess.Popen(server_command(uri, "127.0.0.1", port), env=server_env(tracking_uri),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise RuntimeError(f"mlflow models serve ended: {server.stderr.read()[-2000:]}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow models serve did not answer /ping within {timeout:.0f} s") from None
-                time.sleep(0.5)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, timeout, "mlflow models serve")
         yield f"http://127.0.0.1:{port}/invocations"
     finally:
         server.terminate()

@@ -66,6 +66,28 @@ def server_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
+def wait_until_answering(url: str, process, timeout: float, what: str) -> None:
+    """Poll `url` until the server answers (any HTTP status counts: an auth server refuses, but it is up); a
+    RuntimeError with the tail of the process's stderr if it ends first, or when `timeout` seconds pass."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} ended: {process.stderr.read()[-2000:] if process.stderr else ''}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f} s") from None
+            time.sleep(0.5)
+
+
 def server_command(uri: str, host: str, port: int) -> list[str]:
     """`mlflow models serve` with the project's own environment (`--env-manager local`: no conda, no download)."""
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
