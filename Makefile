@@ -31,17 +31,17 @@ RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" PYTHONPATH="$(CURDI
 
 .PHONY: help venv data repro try serve stages results test test-e2e test-slow ui server clean
 help:
-	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; see README: Timings)"
+	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; about 145 min on 2 cores)"
 	@echo "make try                train, evaluate, register and serve one digits classifier, and ask it once (minutes)"
 	@echo "make repro PROFILE=smoke the same pipeline at smoke size, in a temporary copy with its own store (mlflow-smoke.db)"
 	@echo "make repro TARGETS=...  only those stages and their upstream, e.g. TARGETS=evaluate_digits-cnn"
 	@echo "make repro PROFILE=full  the GPU recipes (TRAINER=gpu unless TRAINER=ddp|fsdp is given), with profiles/full/dvc.yaml"
-	@echo "make repro LAUNCHER=slurm on a login node: train stages on the resumable runner run as SLURM jobs (README)"
+	@echo "make repro LAUNCHER=slurm on a login node: train stages on the resumable runner run as SLURM jobs (docs/cluster.md)"
 	@echo "make test               bootstrap, then run the default test suite (pytest: not slow, not e2e)"
-	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy (~25 min)"
+	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy (about 47 min)"
 	@echo "make test-slow          every test, slow and e2e included"
 	@echo "make stages             regenerate dvc.yaml from conf/experiment/ (python -m dlzoo.stages)"
-	@echo "make results            regenerate the README's results tables from metrics/"
+	@echo "make results            regenerate the results tables (README.md, docs/tasks/) from metrics/"
 	@echo "make serve TASK=digits  serve models:/<task>@champion on http://$(HOST):$(SERVE_PORT) (or MODEL=models:/<name>/<version>)"
 	@echo "make ui                 MLflow UI for mlflow.db on http://$(HOST):$(PORT) (STORE=mlflow-smoke.db for the smoke run's)"
 	@echo "make server HOST=0.0.0.0 a tracking server for cluster nodes (MLFLOW_TRACKING_URI=http://<this host>:$(PORT))"
@@ -75,11 +75,12 @@ stages: $(STAMP)
 results: $(STAMP)
 	$(RUN) python -m dlzoo.results
 
+# --durations: the slowest tests in every log (CI's included), so a slow test or a slow machine shows
 test: data
-	$(RUN) python -m pytest
+	$(RUN) python -m pytest --durations=25
 
 test-e2e: data
-	$(RUN) python -m pytest -m e2e
+	$(RUN) python -m pytest -m e2e --durations=25
 
 test-slow: data
 	$(RUN) python -m pytest -m "slow or e2e or not slow"

@@ -2,7 +2,7 @@
 
     python scripts/tracking_concurrency.py --uri sqlite:///tmp/c.db --writers 8 16 32
     make server &   python scripts/tracking_concurrency.py --uri http://127.0.0.1:5000 --writers 8 16 32
-    python scripts/tracking_concurrency.py --table benchmarks/tracking_concurrency.jsonl   # the README's table
+    python scripts/tracking_concurrency.py --table benchmarks/tracking_concurrency.jsonl   # the table in docs/cluster.md
 
 Every writer logs `--steps` values of two metrics one call at a time (as Lightning's MLFlowLogger does each
 epoch) and ends its run. A writer fails when any call raises (e.g. SQLite's "database is locked" once its
@@ -74,7 +74,7 @@ STORES = {"sqlite": "SQLite file (`sqlite:///mlflow.db`)", "http": "`make server
 
 
 def table(path: str) -> str:
-    """The README's markdown table from measurement lines (one row per store, writer counts side by side)."""
+    """docs/cluster.md's markdown table from measurement lines (one row per store, writer counts side by side)."""
     rows: dict[str, list[dict]] = {}
     for line in open(path):
         if line.strip():

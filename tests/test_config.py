@@ -92,7 +92,7 @@ def test_make_repro_profile_full_trains_on_the_gpu_trainer():
     assert "--set-param profile=full --set-param trainer=gpu" in dry("PROFILE=full")
     assert "--set-param trainer=fsdp" in dry("PROFILE=full", "TRAINER=fsdp")
     assert "trainer=" not in dry("PROFILE=smoke")
-    # the launcher param on its own, or with a profile (README: On a SLURM cluster)
+    # the launcher param on its own, or with a profile (docs/cluster.md)
     assert dry("LAUNCHER=slurm").endswith(" dvc exp run --set-param launcher=slurm")
     assert dry("PROFILE=smoke", "LAUNCHER=slurm", "TARGETS=train_digits-cnn").endswith(
         " dvc exp run --set-param profile=smoke --set-param launcher=slurm train_digits-cnn")

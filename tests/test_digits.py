@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -110,7 +112,13 @@ def test_vae_elbo_terms():
     x = torch.rand(5, 1, 8, 8)
     recon, kl = vae.elbo_terms(x)
     assert recon.shape == kl.shape == (5,) and (kl >= 0).all() and (recon > 0).all()
-    assert vae(x).shape == x.shape and vae.decode(torch.zeros(2, 3)).shape == (2, 64)
+    assert vae(x).shape == x.shape and vae.decode(torch.zeros(2, 3)).shape == (2, 64, 17)
+    # a true likelihood: the importance-weighted bound on log p(x) is a log-probability of 17-level images, at
+    # least the ELBO in expectation, and tightens with k
+    g = torch.Generator().manual_seed(0)
+    x17 = torch.randint(0, 17, (5, 1, 8, 8)).float() / 16
+    ll1, ll500 = vae.log_likelihood(x17, 1, g), vae.log_likelihood(x17, 500, g)
+    assert (ll500 < 0).all() and ll500.mean() > ll1.mean() and ll500.mean() >= -64 * math.log(17) - 50
     # KL of the prior against itself is zero
     mu, logvar = torch.zeros(1, 3), torch.zeros(1, 3)
     assert float(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum()) == 0.0
@@ -135,3 +143,35 @@ def test_evaluator_writes_each_test_examples_true_and_predicted_class(digits_dir
     assert (table["actual"] == table["predicted"]).mean() == pytest.approx(metrics["test/accuracy"])
     assert (table["actual"] != table["predicted"]).sum() == metrics["test/error_count"]
     assert np.bincount(table["actual"], minlength=10).min() >= 35   # the stratified test split's true classes
+
+
+def test_the_mixture_baseline_finds_clusters_the_independent_one_cannot():
+    """Two kinds of 17-level images: a mixture of per-pixel categoricals (EM) gives them a higher likelihood than
+    independent pixels, and both are proper log-probabilities (at most 64·log 17 nats for uniform guessing)."""
+    from dlzoo.evaluation.generative import independent_nll, mixture_fit, mixture_nll
+
+    rng = np.random.default_rng(0)
+    kind = rng.integers(0, 2, 600)
+    images = np.where(kind[:, None] == 1, rng.integers(12, 17, (600, 64)), rng.integers(0, 5, (600, 64)))
+    train, test = images[:500], images[500:]
+    independent = independent_nll(train, test)
+    mixture = mixture_nll(mixture_fit(train, 2, iterations=30), test)
+    assert mixture < independent <= 64 * math.log(17)
+    assert abs(mixture - 64 * math.log(5)) < 5   # each kind: 5 equally likely levels per pixel
+
+
+def test_vae_smoke_fit_reports_the_17_level_likelihood_beside_its_baselines(workdir, make_cfg):
+    from conftest import prepare_data
+    from dlzoo.evaluation.evaluate import evaluate
+    from dlzoo.training.train import train
+
+    cfg = make_cfg("experiment=digits-generative-vae", "profile=smoke", "tracking.log_model=false")
+    prepare_data(cfg)
+    train(cfg)
+    m = evaluate(cfg)
+    assert m["test/iwae_samples"] == 100 and m["baseline/mixture_components"] == 5
+    # the importance-weighted bound is at least as tight as the ELBO (up to Monte Carlo noise)
+    assert m["test/nll_iwae"] <= m["test/neg_elbo"] + 1.0
+    assert m["test/nll_iwae_bits_per_pixel"] == pytest.approx(m["test/nll_iwae"] / (64 * math.log(2)))
+    assert 0 < m["baseline/mixture_nll"] < m["baseline/independent_nll"] < 64 * math.log(17)
+    assert m["test/nats_below_mixture"] == pytest.approx(m["baseline/mixture_nll"] - m["test/nll_iwae"])

@@ -148,7 +148,6 @@ def test_full_profile_plays_9x9_through_train_and_evaluate(tmp_path):
     9x9 board, every pairing's rates in range, 9x9 SGF games that replay."""
     _stand_in_zero(tmp_path / "artifacts/models/go-5x5-alphago-zero", board_size=9)
     summary, checkpoint = run_full_profile_9x9("go-5x5-alphago-lee", FULL_9X9_BUDGET, tmp_path)
-    model_dir = tmp_path / "artifacts/models/go-5x5-alphago-lee"
     assert summary["board_size"] == 9 and summary["expert_positions"] > 0 and summary["value_positions"] > 0
     assert summary["rl_pool_size"] == 3
     state = checkpoint["state_dict"]

@@ -94,8 +94,9 @@ def test_a_temporary_experiment_logs_into_the_repositorys_store(typed):
 
 
 def test_a_users_own_remote_carries_every_output_to_a_fresh_clone(typed, tmp_path):
-    """README "Your own remote": `dvc push` to a second remote (a local folder here; S3 or SSH the same way), then a
-    fresh `git clone` with `dvc pull` has every stage output without training, and `dvc repro` has nothing to do."""
+    """docs/serving.md "Your own DVC remote": `dvc push` to a second remote (a local folder here; S3 or SSH the same
+    way), then a fresh `git clone` with `dvc pull` has every stage output without training, and `dvc repro` has nothing
+    to do."""
     dst, _, _ = typed
     env = activated_env()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]

@@ -135,7 +135,8 @@ def test_smoke_protocol_fit_and_evaluate(workdir, make_cfg):
     assert on_disk["crosscheck/recognised_ci_low"] <= on_disk["crosscheck/recognised"] <= on_disk["crosscheck/recognised_ci_high"]
     reports = Path(cfg.paths.reports_dir)
     table = (reports / "loso_per_speaker.csv").read_text().splitlines()
-    assert table[0] == "speaker,test_recordings,network,mfcc_svm" and len(table) == 3
+    assert table[0] == "speaker,test_recordings,network,mfcc_svm,svm_C,svm_gamma" and len(table) == 3
+    assert on_disk["baseline/svm_C"] in (1.0, 100.0)   # chosen from the smoke grid by cross-validation
     assert (reports / "confusion_matrix.png").is_file() and (reports / "generated_confusion_matrix.png").is_file()
 
     # the further fits are nested MLflow runs of the train run, each with its own checkpoint
@@ -160,3 +161,16 @@ def test_smoke_protocol_fit_and_evaluate(workdir, make_cfg):
     module, _ = load_trained_module(ccfg)
     only, _ = build(ccfg.evaluator, "evaluator")(module, build(ccfg.data.module, "data.module"), workdir / "c")
     assert "test/accuracy" in only and not any(k.startswith(("loso/", "baseline/", "crosscheck/", "test/accuracy_mean")) for k in only)
+
+
+def test_cmvn_makes_the_svm_features_deaf_to_a_speakers_loudness():
+    """Per-speaker cepstral mean and variance normalisation: one speaker recorded 4x louder gives the same features."""
+    from dlzoo.evaluation.speech_classification import mfcc_features
+
+    waves = torch.from_numpy(np.random.default_rng(0).standard_normal((6, 1, 2000)).astype(np.float32)) * 0.1
+    speakers, louder = np.array([0, 0, 0, 1, 1, 1]), waves.clone()
+    louder[3:] *= 4
+    feats = dict(n_mfcc=13, n_fft=256, hop=64, n_mels=40)
+    assert np.allclose(mfcc_features(waves, speakers, **feats), mfcc_features(louder, speakers, **feats), atol=1e-3)
+    assert not np.allclose(mfcc_features(waves, speakers, **feats, cmvn=False),
+                           mfcc_features(louder, speakers, **feats, cmvn=False), atol=1e-3)

@@ -165,10 +165,16 @@ def test_lock_records_the_tree(pipeline):
 
 
 def test_readme_results_are_the_metrics_files():
-    """The README's results tables are what `make results` generates from metrics/: no retyped numbers."""
+    """The README's summary and every task page's table are what `make results` generates from metrics/: no retyped
+    numbers, and a page for every task and every metrics folder."""
     from dlzoo import results
 
-    assert results.update(REPO / "README.md", check=True), "README results are stale: run `make results`"
+    blocks = results.pages()
+    tasks = {p.name for p in (REPO / "metrics").iterdir() if p.is_dir()} | set(results.task_tables())
+    assert {REPO / "README.md"} | {REPO / "docs" / "tasks" / f"{t}.md" for t in tasks} == set(blocks)
+    stale = [str(path.relative_to(REPO)) for path, block in blocks.items()
+             if not results.update(path, block, check=True)]
+    assert not stale, f"results tables are stale in {stale}: run `make results`"
 
 
 def test_every_compression_report_is_a_dvc_plot(generated):

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from dlzoo.data.enja import (
-    BucketBatchSampler, EnglishTokenizer, JapaneseTokenizer, TranslationDataModule, collate_pairs, prepare, token_agreement,
+    BucketBatchSampler, EnglishTokenizer, JapaneseTokenizer, TranslationDataModule, prepare, token_agreement,
 )
 from dlzoo.errors import CheckpointError, ConfigError, DataError, ExportError
 from dlzoo.evaluation import translation as translation_evaluation

@@ -184,6 +184,9 @@ def test_smoke_fit_and_evaluate(workdir, make_cfg):
         assert 0 < on_disk[f"baseline/{order}_bits"] < 8  # below the uniform code's 8 bits
     assert on_disk["receptive_field"] == 1 + sum(2**i for i in range(cfg.model.net.layers_per_stack))
     assert on_disk["gen/max_logit_diff"] < 1e-4 and on_disk["gen/sample_agreement"] == 1.0
+    # the trimmed naive path computes the same logits as the cached one, so it draws the same samples
+    assert on_disk["gen/trimmed_max_logit_diff"] < 1e-4 and on_disk["gen/trimmed_sample_agreement"] == 1.0
+    assert on_disk["gen/speedup_vs_trimmed"] > 0
     assert on_disk["gen/fast_samples_per_s"] > 0 and on_disk["gen/naive_samples_per_s"] > 0
 
     reports = Path(cfg.paths.reports_dir)

@@ -256,7 +256,7 @@ def build_tables() -> dict[str, dict]:
                 "metrics": [{f"metrics/{cfg.task}/{m}.json": {"cache": False}} for m in ("naive", "seasonal-naive", "ar")],
             }
             continue
-        task, family = cfg.task, cfg.family
+        task = cfg.task
         conf = _conf_deps(files, name)
         train_cfg = OmegaConf.masked_copy(cfg, [k for k in ("runner", "data", "model", "trainer") if k in cfg])
         launch, launch_params, launch_deps = _launcher(cfg)

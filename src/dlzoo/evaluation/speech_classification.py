@@ -5,8 +5,9 @@
 - The further fits of the train stage's protocol (dlzoo.training.protocol), each on its own held-out split:
   the seeds on the official test split (mean and spread over every seed, the family's model included) and
   the leave-one-speaker-out folds on their speaker (a per-speaker table and the mean over folds).
-- The MFCC + SVM baseline (librosa features, scikit-learn SVM) fitted on exactly the same training
-  recordings of each split and scored on the same test recordings.
+- The MFCC + SVM baseline (librosa features with per-speaker CMVN, scikit-learn SVM with C and gamma chosen by
+  cross-validation on the training recordings, folds shaped like the split's test) fitted on exactly the same training recordings
+  of each split and scored on the same test recordings.
 - The cross-check: the WaveNet generator (the generation family's checkpoint) speaks `per_digit` clips of
   each digit, and the classifier labels them; the share recognised as the conditioning digit, with a 95%
   Wilson interval, beside chance (1 in 10).
@@ -50,26 +51,49 @@ def accuracy_of(net, datamodule) -> tuple[float, torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- MFCC + SVM baseline
-def mfcc_features(waves: torch.Tensor, n_mfcc: int, n_fft: int, hop: int, n_mels: int) -> np.ndarray:
-    """Per clip: the mean and standard deviation over time of each MFCC (a fixed-length vector)."""
+def mfcc_features(waves: torch.Tensor, speakers: np.ndarray, n_mfcc: int, n_fft: int, hop: int, n_mels: int,
+                  cmvn: bool = True) -> np.ndarray:
+    """Per clip: the mean and standard deviation over time of each MFCC (a fixed-length vector), after cepstral
+    mean and variance normalisation over each speaker's frames (the speech baseline's standard speaker
+    normalisation: it needs no labels, so a held-out speaker's own clips normalise that speaker)."""
     import librosa
 
     m = librosa.feature.mfcc(y=waves[:, 0].numpy(), sr=SAMPLE_RATE, n_mfcc=n_mfcc, n_fft=n_fft, hop_length=hop, n_mels=n_mels)
+    if cmvn:
+        for speaker in np.unique(speakers):
+            frames = m[speakers == speaker]                       # (clips, n_mfcc, T) of one speaker
+            mean = frames.mean(axis=(0, 2), keepdims=True)
+            std = frames.std(axis=(0, 2), keepdims=True) + 1e-8
+            m[speakers == speaker] = (frames - mean) / std
     return np.concatenate([m.mean(axis=-1), m.std(axis=-1)], axis=1)
 
 
-def svm_accuracy(datamodule, svm: dict) -> float:
+def svm_accuracy(datamodule, svm: dict) -> tuple[float, dict]:
     """Fitted on the split's training recordings (the network's validation recordings stay unused, as the
-    network only picks its checkpoint with them), scored on its test recordings."""
+    network only picks its checkpoint with them), C and gamma chosen by cross-validation on those recordings
+    alone, with folds shaped like the split's own test: other takes of the same speakers on the official split,
+    other (training) speakers on a leave-one-speaker-out fold, whose test speaker no fold sees. Scored on the
+    split's test recordings; returns the accuracy and the chosen hyper-parameters."""
+    from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     feats = svm["features"]
     train, test = datamodule.datasets["train"], datamodule.datasets["test"]
-    clf = make_pipeline(StandardScaler(), SVC(C=svm["C"], gamma=svm["gamma"]))
-    clf.fit(mfcc_features(train.waves, **feats), train.digits.numpy())
-    return float((clf.predict(mfcc_features(test.waves, **feats)) == test.digits.numpy()).mean())
+    train_speakers, test_speakers = datamodule.arrays["train"]["speakers"], datamodule.arrays["test"]["speakers"]
+    x = mfcc_features(train.waves, train_speakers, **feats)
+    grid = {"svc__C": list(svm["C"]), "svc__gamma": list(svm["gamma"])}
+    n_folds = int(svm.get("cv_folds", 5))
+    if datamodule.holdout_speaker is None:
+        folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=0)
+    else:
+        folds = GroupKFold(n_splits=min(n_folds, len(np.unique(train_speakers))))
+    search = GridSearchCV(make_pipeline(StandardScaler(), SVC()), grid, cv=folds, n_jobs=1)
+    search.fit(x, train.digits.numpy(), groups=train_speakers)
+    pred = search.predict(mfcc_features(test.waves, test_speakers, **feats))
+    chosen = {"C": float(search.best_params_["svc__C"]), "gamma": search.best_params_["svc__gamma"]}
+    return float((pred == test.digits.numpy()).mean()), chosen
 
 
 # ----------------------------------------------------------------------------- the generator cross-check
@@ -160,12 +184,16 @@ def evaluate(module, datamodule, out_dir: str | Path, task: str, family: str, ru
 
     rows = []
     if svm:
-        metrics["baseline/svm_accuracy"] = svm_accuracy(datamodule, svm)
+        metrics["baseline/svm_accuracy"], chosen = svm_accuracy(datamodule, svm)
+        metrics["baseline/svm_C"] = chosen["C"]
+        metrics["baseline/svm_gamma"] = float(chosen["gamma"]) if chosen["gamma"] != "scale" else -1.0  # -1: "scale"
     for speaker, fold in folds.items():
         metrics[f"loso/accuracy_{speaker}"] = fold["accuracy"]
         row = {"speaker": speaker, "test_recordings": len(fold["module"].datasets["test"]), "network": fold["accuracy"]}
         if svm:
-            row["mfcc_svm"] = metrics[f"baseline/svm_loso_accuracy_{speaker}"] = svm_accuracy(fold["module"], svm)
+            row["mfcc_svm"], chosen = svm_accuracy(fold["module"], svm)
+            metrics[f"baseline/svm_loso_accuracy_{speaker}"] = row["mfcc_svm"]
+            row["svm_C"], row["svm_gamma"] = chosen["C"], chosen["gamma"]
         rows.append(row)
     if folds:
         metrics["loso/accuracy_mean"] = statistics.fmean(r["network"] for r in rows)

@@ -8,7 +8,7 @@ version carries the held-out numbers its evaluate stage measured.
   stage measured (the trained version whose run is the `train_run_id` of the newest finished evaluate run with
   the metrics file's headline value: the run id the model folder recorded when that checkpoint was evaluated;
   never simply the newest version, which may be a smoke or hand-registered one):
-  - version tags: the task's README columns (headline, `results.columns`, `results.latency`) and `metrics_file`;
+  - version tags: the task's results columns (headline, `results.columns`, `results.latency`) and `metrics_file`;
   - the same numbers as metrics of the version's MLflow 3 logged model (`model_id`), logged on its train run,
     so the run's and the model's pages show them beside the training curves (a number already there is not
     logged again; a changed one is a new point);
