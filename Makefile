@@ -38,7 +38,7 @@ help:
 	@echo "make repro PROFILE=full  the GPU recipes (TRAINER=gpu unless TRAINER=ddp|fsdp is given), with profiles/full/dvc.yaml"
 	@echo "make repro LAUNCHER=slurm on a login node: train stages on the resumable runner run as SLURM jobs (docs/cluster.md)"
 	@echo "make test               bootstrap, then run the default test suite (pytest: not slow, not e2e)"
-	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy (about 47 min)"
+	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy (about 40 min)"
 	@echo "make test-slow          every test, slow and e2e included"
 	@echo "make stages             regenerate dvc.yaml from conf/experiment/ (python -m dlzoo.stages)"
 	@echo "make results            regenerate the results tables (README.md, docs/tasks/) from metrics/"
