@@ -70,15 +70,14 @@ def _read(path: Path) -> dict | None:
 
 
 def _best(task: str, entry: dict, metrics_dir: Path, champions: dict) -> str | None:
-    """The champions stage's pick; a profile-only task has none, so its best headline (first name on a tie)."""
+    """The champions stage's pick; a profile-only task has no champions stage, so its rule is applied here."""
     if task in champions:
         return champions[task]["family"]
-    scored = [(v[entry["metric"]], f) for f in entry["families"] if f not in BASELINES
-              and (v := _read(metrics_dir / task / f"{f}.json")) and v.get(entry["metric"]) is not None]
-    if not scored:
-        return None
-    best = (max if entry["mode"] == "max" else min)(value for value, _ in scored)
-    return next(f for value, f in scored if value == best)
+    from dlzoo.tracking.champions import choose  # function-level: the champions module imports this one
+
+    families = [f for f in entry["families"] if f not in BASELINES]
+    picked = choose({task: {**entry, "families": families}}, metrics_dir)
+    return picked[task]["family"] if task in picked else None
 
 
 def summary(tasks: dict, metrics_dir: Path, link_dir: str) -> list[str]:
