@@ -29,7 +29,7 @@ PIPELINES := $(if $(TARGETS),$(TARGETS),$(if $(wildcard profiles/$(PROFILE)/dvc.
 # PYTHONPATH makes it import this tree's src/ whichever checkout the venv was installed from.
 RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" PYTHONPATH="$(CURDIR)/src"
 
-.PHONY: help venv data repro try serve stages results test test-e2e test-slow ui server clean
+.PHONY: help venv data repro try serve demo stages results test test-e2e test-slow ui server clean
 help:
 	@echo "make repro              bootstrap .venv + data, then run the DVC pipeline (dvc repro; about 145 min on 2 cores)"
 	@echo "make try                train, evaluate, register and serve one digits classifier, and ask it once (minutes)"
@@ -43,6 +43,7 @@ help:
 	@echo "make stages             regenerate dvc.yaml from conf/experiment/ (python -m dlzoo.stages)"
 	@echo "make results            regenerate the results tables (README.md, docs/tasks/) from metrics/"
 	@echo "make serve TASK=digits  serve models:/<task>@champion on http://$(HOST):$(SERVE_PORT) (or MODEL=models:/<name>/<version>)"
+	@echo "make demo               the playground: a page per task over the champions on http://$(HOST):$(DEMO_PORT) (STORE=...)"
 	@echo "make ui                 MLflow UI for mlflow.db on http://$(HOST):$(PORT) (STORE=mlflow-smoke.db for the smoke run's)"
 	@echo "make server HOST=0.0.0.0 a tracking server for cluster nodes (MLFLOW_TRACKING_URI=http://<this host>:$(PORT))"
 
@@ -97,6 +98,13 @@ serve: $(STAMP)
 	$(RUN) python -m dlzoo.serve $(if $(TASK),--task $(TASK)) $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(SERVE_PORT)
 
 STORE ?= mlflow.db
+# The playground (Gradio) over STORE's champions; it only reads the store. Its extra is installed on first use, so
+# the pipeline's own environment does not grow (the dev extra has it already, for the browser test).
+DEMO_PORT ?= 7860
+demo: $(STAMP)
+	@$(BIN)/python -c "import gradio" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[demo]'
+	$(RUN) python -m dlzoo.demo --store sqlite:///$(abspath $(STORE)) --host $(HOST) --port $(DEMO_PORT)
+
 ui: $(STAMP)
 	$(RUN) mlflow ui --backend-store-uri sqlite:///$(STORE) --host $(HOST) --port $(PORT)
 

@@ -1,10 +1,12 @@
-"""The translator as an MLflow model that `mlflow models serve` can answer text with (issue 15).
+"""The translator as an MLflow model that `mlflow models serve` can answer text with.
 
 The evaluate stage's deployable translator is one TorchScript file (`translator.pt`: network, greedy search,
 vocabularies, direction). Raw text still needs the project's tokenisers (Moses for English, janome for
 Japanese), so this wraps both in an `mlflow.pyfunc` model: the file as an artifact, the `dlzoo` package as
 `code_paths`, and pinned requirements. It answers `{"inputs": ["I can't swim at all."]}` with a list of
-translations, one per input string (an empty, over-long or undecodable line gives "", as `dlzoo.translate`).
+translations, one per input string (an empty, over-long or undecodable line gives "", as `dlzoo.translate`);
+`"params": {"beam": 5}` decodes with a beam. The champions stage packages the champion this way
+(`models:/translation-en-ja@champion`); the command below packages any exported file by hand.
 
     python -m dlzoo.serving --model artifacts/reports/translation-en-ja-transformer/translator.pt \\
         --register translation-en-ja-transformer-text [--beam 5]
@@ -38,26 +40,36 @@ class TranslatorModel(mlflow.pyfunc.PythonModel):
         self.beam = int((context.model_config or {}).get("beam", 1))
 
     def predict(self, context, model_input, params=None) -> list[str]:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
         from dlzoo.translate import translate_lines
 
+        beam = int((params or {}).get("beam", self.beam))
+        if not 1 <= beam <= 16:
+            raise MlflowException(f"beam must be between 1 and 16, got {beam}", error_code=INVALID_PARAMETER_VALUE)
         if hasattr(model_input, "columns"):  # a DataFrame: its first column holds the sentences
             model_input = model_input[model_input.columns[0]]
         lines = [str(text).encode("utf-8") for text in list(model_input)]
-        outputs, _ = translate_lines(lines, self.module, self.src_vocab, self.tgt_vocab, self.meta, beam=self.beam)
+        outputs, _ = translate_lines(lines, self.module, self.src_vocab, self.tgt_vocab, self.meta, beam=beam)
         return outputs
+
+
+def text_signature(beam: int = 1):
+    """Sentences in, translations out; `params: {"beam": k}` picks the search per request."""
+    from mlflow.models import infer_signature
+
+    return infer_signature(["I can't swim at all."], ["全然泳げない。"], params={"beam": beam})
 
 
 def log_translator(path: str | Path, registered_model_name: str | None = None, beam: int = 1):
     """Log (and optionally register) the translator file as a pyfunc model in the active run; its ModelInfo.
     `path` is a file `load_translator` accepts (`main` checks it before it opens the run)."""
-    from mlflow.models import infer_signature
-
     return mlflow.pyfunc.log_model(
         name="model", python_model=TranslatorModel(), artifacts={"translator": str(path)},
         code_paths=[str(PACKAGE_DIR)], model_config={"beam": beam},
         pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
-        signature=infer_signature(["I can't swim at all."], ["全然泳げない。"]),
-        registered_model_name=registered_model_name)
+        signature=text_signature(beam), registered_model_name=registered_model_name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,10 @@ version carries the held-out numbers its evaluate stage measured.
 - One stable address per task: the registered model `<task>` gets a version with the champion's source, tagged
   with its `family`, the held-out numbers and the family version it copies, and the alias `champion`; so
   `models:/<task>@champion` is served without knowing which family won.
-- For the tasks in `champions.probabilities` (classifiers) and `champions.actions` (policies), the alias goes to a
-  version that answers class probabilities or the greedy action: `dlzoo.tracking.probabilities` wraps the
-  champion's trained version (made once per trained version), so `mlflow models serve -m models:/<task>@champion`
-  answers a probability per class name, or an action and its name.
+- For the tasks in `champions.probabilities` (classifiers), `champions.actions` (policies), `champions.forecasts`
+  and `champions.texts` (translators), the alias goes to a version that answers class probabilities, the greedy
+  action, the next values or text: `dlzoo.tracking.probabilities` wraps the champion's trained version (made once
+  per trained version), so `mlflow models serve -m models:/<task>@champion` answers what a user asks for.
 - A family without a measured version in this store (its train stage ran elsewhere, its evaluate run is not
   here, or `tracking.register_model=false`) is named in one log line, and no alias moves for it; the choice is
   still written.
@@ -213,14 +213,19 @@ def champions(cfg) -> dict:
     for entry in tasks.values():  # baselines are not registered models
         entry["families"] = [f for f in entry["families"] if f not in BASELINES]
     answers: dict[str, tuple] = {}
-    for kind, key in (("probabilities", "classes"), ("actions", "actions"), ("forecasts", None)):
+    for kind, key in (("probabilities", "classes"), ("actions", "actions"), ("forecasts", None), ("texts", "beam")):
         listed = cfg.champions.get(kind)
         listed = OmegaConf.to_container(listed) if listed is not None else {}
         unknown = sorted(set(listed) - set(tasks))
         if unknown:
             raise ConfigError(f"champions.{kind} names tasks no recipe has: {', '.join(unknown)}")
         for task in listed:
-            config = {key: list(listed[task])} if key else (lambda family, task=task: forecast_config(task, family))
+            if kind == "forecasts":
+                config = lambda family, task=task: forecast_config(task, family)  # noqa: E731
+            elif kind == "texts":
+                config = {key: int(listed[task])}
+            else:
+                config = {key: list(listed[task])}
             answers[task] = (kind, config)
     chosen = choose(tasks, metrics_dir)
     keep = ("family", "metric", "mode", "value", "runner_up", "runner_up_value")

@@ -9,7 +9,9 @@ the alias `champion`; the trained versions keep answering raw scores.
 - `probabilities` (classifiers): softmax over the logits, one column per class name;
 - `actions` (reinforcement-learning policies): the greedy action, the argmax of the policy's logits or the
   Q-network's values (as the evaluate stage acts), with its name;
-- `forecasts` (time series): the next values for a window of raw values (`params: {"steps": k}` for k of them).
+- `forecasts` (time series): the next values for a window of raw values (`params: {"steps": k}` for k of them);
+- `texts` (translators): sentences in, translations out (`params: {"beam": k}`), from the TorchScript translator
+  the evaluate stage exported and logged for that trained version (dlzoo.serving.TranslatorModel).
 
     mlflow models serve -m models:/digits@champion --env-manager local
     # {"inputs": [[[[...8x8 image...]]]]} -> {"predictions": [{"0": 0.001, ..., "9": 0.97}, ...]}
@@ -116,8 +118,15 @@ class NextValues(mlflow.pyfunc.PythonModel):
         return np.asarray(forecasts)
 
 
-# answer kind -> the pyfunc class that gives it
-ANSWERS = {"probabilities": ClassProbabilities, "actions": GreedyActions, "forecasts": NextValues}
+def _translator_model():
+    from dlzoo.serving import TranslatorModel  # the tokenisers it needs load only for a translation champion
+
+    return TranslatorModel()
+
+
+# answer kind -> the pyfunc model that gives it
+ANSWERS = {"probabilities": ClassProbabilities, "actions": GreedyActions, "forecasts": NextValues,
+           "texts": _translator_model}
 
 
 def answer_signature(kind: str, trained_signature, config: dict):
@@ -127,6 +136,10 @@ def answer_signature(kind: str, trained_signature, config: dict):
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     inputs = trained_signature.inputs if trained_signature else None
+    if kind == "texts":
+        from dlzoo.serving import text_signature
+
+        return text_signature(int(config.get("beam", 1)))
     if kind == "probabilities":
         return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", c) for c in config["classes"]]))
     if kind == "actions":
@@ -154,6 +167,20 @@ def package_tags(client, trained, source: str) -> dict[str, str]:
             "dvc_stage": os.environ.get("DVC_STAGE", "champions (outside dvc)")}
 
 
+def exported_translator(client, trained, dst: str) -> str:
+    """The translator.pt that the newest finished evaluate run of `trained` (its train run) exported and logged."""
+    from dlzoo.errors import CheckpointError
+
+    run = client.get_run(trained.run_id)
+    runs = client.search_runs([run.info.experiment_id], f"tags.stage = 'evaluate' and tags.train_run_id = "
+                              f"'{trained.run_id}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise CheckpointError(f"{trained.name}/{trained.version}: no finished evaluate run, so no exported translator")
+    return mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="evaluation/translator.pt",
+                                               dst_path=dst, tracking_uri=client.tracking_uri)
+
+
 def wrapper_of(task: str, family: str, trained, config: dict, tracking_uri: str, client, kind: str = "probabilities"):
     """The `kind` answer version of `<task>-<family>` that holds `trained` (ANSWERS; `config` is its model_config:
     class names, action names, or a forecaster's window and scaling): the existing one, else a new one logged in a
@@ -170,12 +197,21 @@ def wrapper_of(task: str, family: str, trained, config: dict, tracking_uri: str,
     source = f"models:/{name}/{trained.version}"
     signature = answer_signature(kind, get_model_info(source).signature, config)
     experiment_id = ensure_experiment(task, None, tracking_uri)
+    if kind == "texts":
+        from dlzoo.serving import REQUIREMENTS as TEXT_REQUIREMENTS
+
+        requirements = TEXT_REQUIREMENTS
+    else:
+        requirements = REQUIREMENTS
     with tempfile.TemporaryDirectory() as tmp:
-        network = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
+        if kind == "texts":
+            artifacts = {"translator": exported_translator(client, trained, tmp)}
+        else:
+            artifacts = {"network": mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)}
         with mlflow.start_run(experiment_id=experiment_id, run_name=family, tags=package_tags(client, trained, source)):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=ANSWERS[kind](), artifacts={"network": network},
+                name="model", python_model=ANSWERS[kind](), artifacts=artifacts,
                 code_paths=[str(PACKAGE_DIR)], model_config=dict(config), signature=signature,
-                pip_requirements=[f"{p}=={installed_version(p).split('+')[0]}" for p in REQUIREMENTS])
+                pip_requirements=[f"{p}=={installed_version(p).split('+')[0]}" for p in requirements])
     # registered with its tag in one call: a version without it would pass for a trained one
     return mlflow.register_model(info.model_uri, name, tags={WRAPS: str(trained.version), "dlzoo.answers": kind})

@@ -1,0 +1,5 @@
+import sys
+
+from dlzoo.demo.app import main
+
+sys.exit(main())

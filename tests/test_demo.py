@@ -1,0 +1,283 @@
+"""`make demo` in a real browser: the playground started as a user types it, on smoke champions, driven by
+Playwright in headless Chromium (the system's package: nothing is downloaded).
+
+Chromium comes from `apt-get install chromium` (.ci/run does it, then sets DLZOO_REQUIRE_CHROMIUM=1). Without it
+the test skips and says why, unless DLZOO_REQUIRE_CHROMIUM=1, where a missing browser is a failure.
+DLZOO_DEMO_SCREENSHOTS=<folder> keeps a screenshot of every tab there (docs/img for the docs' gallery).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, compose_config, prepare_data, user_env
+
+# The four tasks the test drives; the other tabs stay without a champion and must say which make target makes one.
+SMOKE = {
+    "translation-en-ja-transformer": ["data.prepare.limit_train=3000", "data.prepare.n_val=100"],
+    "detection-shapes-ssd": ["data.prepare.n_train=32", "data.prepare.n_val=8", "data.prepare.n_test=16"],
+    "go-5x5-alphago-zero": [],
+    "speech-fsdd-generation-wavenet": [],   # the classifier's evaluate stage cross-checks generated clips
+    "speech-fsdd-classification-wavenet-classifier": [],
+}
+SENTENCE = "i can 't swim at all ."
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("DLZOO_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("DLZOO_REQUIRE_CHROMIUM=1 but Chromium is not installed (apt-get install chromium)")
+        pytest.skip("Chromium not installed: apt-get install chromium (root) enables the browser test")
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_champions(tmp_path_factory):
+    """A project folder whose store holds smoke champions of the four tasks, made by the stages' own functions."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from dlzoo.evaluation.evaluate import evaluate
+    from dlzoo.tracking.champions import champions
+    from dlzoo.training.train import train
+
+    root = tmp_path_factory.mktemp("demo")
+    (root / "data").symlink_to(REPO / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("DVC_STAGE", raising=False)
+        for recipe, overrides in SMOKE.items():
+            cfg = compose_config(f"experiment={recipe}", "profile=smoke", *overrides)
+            if cfg.get("data") is not None and cfg.data.get("prepare") is not None:
+                prepare_data(cfg)
+            train(cfg)
+            evaluate(cfg)
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            champions(compose(config_name="champions"))
+        GlobalHydra.instance().clear()
+    return root
+
+
+def test_the_translator_champion_is_served_as_text(smoke_champions):
+    """`make serve TASK=translation-en-ja` (the champions stage's text answer) from a shell with nothing activated:
+    sentences in, `dlzoo.translate`'s translations out; a beam out of range is refused with 400."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from conftest import served
+
+    uri = f"sqlite:///{smoke_champions / 'mlflow.db'}"
+    with served("models:/translation-en-ja@champion", uri, smoke_champions) as post:
+        answer = post([SENTENCE, ""])
+        request = urllib.request.Request(post.url, method="POST", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"inputs": [SENTENCE], "params": {"beam": 0}}).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+    assert answer == [_expected_translation(smoke_champions, SENTENCE), ""]
+    assert refused.value.code == 400 and "beam" in refused.value.read().decode()
+
+
+@pytest.fixture(scope="module")
+def demo(smoke_champions):
+    """`make demo STORE=<the smoke store>` from a shell with nothing activated, on a free loopback port."""
+    _chromium()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = smoke_champions / "mlflow.db"
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    started = time.perf_counter()
+    server = subprocess.Popen(["make", "--no-print-directory", "-C", str(REPO), "demo", f"STORE={store}",
+                               f"DEMO_PORT={port}"], env=user_env({"GRADIO_ANALYTICS_ENABLED": "False"}),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        import urllib.request
+
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"make demo ended with {server.returncode}: {server.stderr.read()[-2000:]}")
+                if time.perf_counter() - started > 120:
+                    pytest.fail("make demo did not answer within 120 s")
+                time.sleep(0.5)
+        yield {"url": url, "root": smoke_champions, "startup_s": time.perf_counter() - started}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before, "the playground wrote to the store"
+
+
+def _write_wav(path: Path, samples: np.ndarray, rate: int = 8000) -> Path:
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def _expected_translation(root: Path, sentence: str) -> str:
+    """What `dlzoo.translate` answers with the evaluate stage's exported translator (greedy)."""
+    from dlzoo.evaluation.translation import load_translator
+    from dlzoo.translate import translate_lines
+
+    module, src, tgt, meta = load_translator(root / "artifacts/reports/translation-en-ja-transformer/translator.pt")
+    return translate_lines([sentence.encode()], module, src, tgt, meta, beam=1)[0][0]
+
+
+def _text(page, selector: str) -> str:
+    return page.locator(selector).inner_text()
+
+
+def _wait_text(page, selector: str, pattern: str, timeout: float = 60) -> str:
+    """The element's text once it matches `pattern` (re.search)."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        text = _text(page, selector)
+        if re.search(pattern, text):
+            return text
+        if time.perf_counter() > deadline:
+            raise AssertionError(f"{selector}: {text!r} never matched {pattern!r}")
+        time.sleep(0.25)
+
+
+def _shot(page, name: str) -> None:
+    folder = os.environ.get("DLZOO_DEMO_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"demo-{name}.png"), full_page=True)
+
+
+def test_the_playground_in_a_browser(demo, tmp_path):
+    """Translate, detect, play Go and classify speech through the page, each checked against the model in process,
+    and the bad inputs answered in the page; tabs without a champion name the make target that makes one."""
+    from playwright.sync_api import sync_playwright
+
+    from dlzoo.demo.go_play import GoSession
+
+    root = demo["root"]
+    times = {"startup": demo["startup_s"]}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(demo["url"])
+        page.get_by_role("tab", name="Translate").click()
+
+        # translate: the page's answer is dlzoo.translate's; an empty text is one line in the tab
+        page.locator("#translate-input textarea").fill(SENTENCE)
+        t = time.perf_counter()
+        page.locator("#translate-button").click()
+        page.wait_for_function("document.querySelector('#translate-output textarea').value.length > 0", timeout=60000)
+        times["translate"] = time.perf_counter() - t
+        assert page.locator("#translate-output textarea").input_value() == _expected_translation(root, SENTENCE)
+        assert "translation-en-ja" in page.inner_text("body") and "champion" in page.inner_text("body")
+        _shot(page, "translate")
+        page.locator("#translate-input textarea").fill("   ")
+        page.locator("#translate-button").click()
+        _wait_text(page, "#translate-status", "type an English sentence")
+
+        # detect: a generated image gets boxes; Mask R-CNN and the U-Net have no champion here and say so;
+        # an oversized upload and a non-image are refused with their names
+        page.get_by_role("tab", name="Detect and segment").click()
+        page.locator("#vision-min-score input[type=number]").fill("0")
+        page.locator("#vision-min-score input[type=number]").press("Enter")
+        page.locator("#vision-draw").click()
+        page.wait_for_selector("#vision-input img", timeout=60000)
+        t = time.perf_counter()
+        page.locator("#vision-run").click()
+        found = _wait_text(page, "#vision-detections", r"\d+ boxes")
+        times["detect"] = time.perf_counter() - t
+        assert int(re.search(r"(\d+) boxes", found).group(1)) > 0
+        assert "No champion for instance-shapes" in found.replace("`", "")
+        page.wait_for_selector("#vision-boxes img", timeout=30000)
+        _shot(page, "detect")
+        big = tmp_path / "huge.png"
+        from PIL import Image
+
+        Image.new("RGB", (5000, 40)).save(big)
+        page.locator("#vision-upload input[type=file]").set_input_files(str(big))
+        _wait_text(page, "#vision-status", "huge.png")
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not an image")
+        page.locator("#vision-upload input[type=file]").set_input_files(str(notes))
+        _wait_text(page, "#vision-status", "notes.txt")
+        page.wait_for_selector("#vision-boxes img", timeout=5000)   # what the tab showed stays
+
+        # Go: a click on C3 is played, Zero's reply is legal in the game the page shows; an occupied point is refused
+        page.get_by_role("tab", name="Play Go").click()
+        page.locator("#go-new").click()
+        board = page.locator("#go-board img")
+        board.wait_for(timeout=60000)
+        game = GoSession.__new__(GoSession)   # only its board geometry: no network needed to find a point
+        game.n = 5
+        x, y = GoSession.point_xy(game, 2, 2, 400)
+        box = board.bounding_box()
+        t = time.perf_counter()
+        board.click(position={"x": x * box["width"] / 400, "y": y * box["height"] / 400})
+        moves = _wait_text(page, "#go-moves", r"2\. W")
+        times["go"] = time.perf_counter() - t
+        _assert_legal_game(moves)
+        _shot(page, "go")
+        board.click(position={"x": x * box["width"] / 400, "y": y * box["height"] / 400})
+        _wait_text(page, "#go-status", "occupied")
+        assert _text(page, "#go-moves") == moves
+
+        # speech: a test clip's probabilities sum to 1; a text file, a silent WAV are refused with their names
+        page.get_by_role("tab", name="Spoken digits").click()
+        clip = sorted((REPO / "data/fsdd").rglob("*.wav"))[0]
+        t = time.perf_counter()
+        page.locator("#speech-upload input[type=file]").set_input_files(str(clip))
+        table = _wait_text(page, "#speech-probabilities", "sum:")
+        times["speech"] = time.perf_counter() - t
+        probabilities = [float(v) for v in re.findall(r"^\s*\d\s+([0-9.]+)\s*$", table, re.M)]  # the rendered table
+        assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-3, table
+        _shot(page, "speech")
+        silent = _write_wav(tmp_path / "silent.wav", np.zeros(4000))
+        page.locator("#speech-upload input[type=file]").set_input_files(str(silent))
+        _wait_text(page, "#speech-status", "silent.wav")
+        page.locator("#speech-upload input[type=file]").set_input_files(str(notes))
+        _wait_text(page, "#speech-status", "notes.txt")
+        assert "sum:" in _text(page, "#speech-probabilities")   # the last good answer stays
+
+        for tab, task in (("Control", "control-cartpole"), ("Digits", "digits"), ("Time series", "timeseries-sunspots")):
+            page.get_by_role("tab", name=tab, exact=True).click()
+            page.get_by_text(f"No champion for {task}").first.wait_for(timeout=10000)
+            _shot(page, tab.lower().replace(" ", "-"))
+        browser.close()
+    print("playground seconds:", {k: round(v, 1) for k, v in times.items()})
+
+
+def _assert_legal_game(moves: str) -> None:
+    """Replay the page's move list ("1. B C3  2. W D4 ...") with OpenSpiel: every move legal in turn."""
+    import pyspiel
+
+    game = pyspiel.load_game("go", {"board_size": 5, "komi": 7.5})
+    state = game.new_initial_state()
+    played = re.findall(r"\d+\. ([BW]) (\w+)", moves)
+    assert len(played) >= 2
+    for colour, name in played:
+        assert state.current_player() == (0 if colour == "B" else 1)
+        legal = {state.action_to_string(state.current_player(), a).split()[-1].lower(): a
+                 for a in state.legal_actions()}
+        assert name.lower() in legal or (name == "pass" and "pass" in legal), f"{colour} {name} illegal: {moves}"
+        state.apply_action(legal[name.lower()])
