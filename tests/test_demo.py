@@ -24,10 +24,13 @@ import pytest
 
 from conftest import REPO, compose_config, prepare_data, user_env
 
-# The four tasks the test drives; the other tabs stay without a champion and must say which make target makes one.
+TINY = ["data.prepare.n_train=32", "data.prepare.n_val=8", "data.prepare.n_test=16"]
+# The tasks the tests serve and drive; the other tabs stay without a champion and must say what makes one.
 SMOKE = {
     "translation-en-ja-transformer": ["data.prepare.limit_train=3000", "data.prepare.n_val=100"],
-    "detection-shapes-ssd": ["data.prepare.n_train=32", "data.prepare.n_val=8", "data.prepare.n_test=16"],
+    "detection-shapes-ssd": TINY,
+    "instance-shapes-maskrcnn": TINY,
+    "segmentation-shapes-unet": TINY,
     "go-5x5-alphago-zero": [],
     "speech-fsdd-generation-wavenet": [],   # the classifier's evaluate stage cross-checks generated clips
     "speech-fsdd-classification-wavenet-classifier": [],
@@ -91,6 +94,113 @@ def test_the_translator_champion_is_served_as_text(smoke_champions):
             urllib.request.urlopen(request, timeout=60)
     assert answer == [_expected_translation(smoke_champions, SENTENCE), ""]
     assert refused.value.code == 400 and "beam" in refused.value.read().decode()
+
+
+def _ask(url: str, inputs, params: dict | None = None):
+    """POST a request to a served model; (status, the answer's predictions or the error message)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {"inputs": inputs, **({"params": params} if params else {})}
+    request = urllib.request.Request(url, method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps(body).encode())
+    try:
+        return 200, json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"]
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read()).get("message", "")
+
+
+def _served_champion(root: Path, task: str):
+    """The served `models:/<task>@champion` and, in process, its trained network and train config."""
+    from conftest import served
+    from dlzoo.demo.registry import find
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    champion = find(task, uri)
+    assert champion is not None and champion.tags.get("dlzoo.source_model")
+    return served(f"models:/{task}@champion", uri, root), champion.network(), champion.config
+
+
+@pytest.mark.parametrize("task", ["detection-shapes", "instance-shapes", "segmentation-shapes"])
+def test_the_vision_champions_answer_boxes_and_rle_masks(smoke_champions, task):
+    """`make serve TASK=<task>` answers an image (H x W x 3, 0-255) with what the network finds in process: boxes,
+    class names and scores; instance masks and the segmentation as COCO RLE; a wrong shape is a 400."""
+    from pycocotools import mask as coco_mask
+
+    from dlzoo.demo import vision
+
+    server, net, cfg = _served_champion(smoke_champions, task)
+    image = vision.shapes_image(cfg, 11)
+    with server as post:
+        status, answer = _ask(post.url, [image.tolist()], None if task == "segmentation-shapes" else {"min_score": 0.0})
+        bad_status, message = _ask(post.url, [[[1, 2, 3]]])
+    assert status == 200 and len(answer) == 1, answer
+    assert bad_status == 400 and "shape" in message   # MLflow enforces the signature before the model sees it
+    if task == "segmentation-shapes":
+        expected = vision.segment(net, cfg, image)
+        names = vision.class_names(cfg)
+        decoded = {name: coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+                   for name, rle in answer[0]["classes"].items()}
+        assert answer[0]["size"] == list(expected.shape)
+        assert set(decoded) == {names[c] for c in np.unique(expected) if c != 0}
+        for name, mask in decoded.items():
+            assert np.array_equal(mask.astype(bool), expected == names.index(name))
+        return
+    found = (vision.detect if task == "detection-shapes" else vision.instances)(net, cfg, image, min_score=0.0)
+    assert answer[0]["labels"] == [d["label"] for d in found]
+    assert np.allclose(answer[0]["scores"], [d["score"] for d in found], atol=1e-5)
+    assert np.allclose(np.reshape(answer[0]["boxes"], (-1, 4)), np.reshape([d["box"] for d in found], (-1, 4)),
+                       atol=1e-3)
+    if task == "detection-shapes":
+        assert found, "a smoke SSD at min_score 0 still proposes boxes"
+    else:
+        for rle, d in zip(answer[0]["masks"], found):
+            decoded = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+            assert np.array_equal(decoded.astype(bool), d["mask"])
+
+
+def test_the_go_champion_answers_a_move_for_a_position(smoke_champions):
+    """`make serve TASK=go-5x5` takes a move list or an SGF record and answers Zero's move (its own search, as in
+    the evaluate stage); an illegal position or another board size is a 400 naming the move."""
+    from dlzoo.demo.go_play import GoSession
+
+    server, net, cfg = _served_champion(smoke_champions, "go-5x5")
+    with server as post:
+        status, answer = _ask(post.url, ["C3 D3", "(;FF[4]SZ[5];B[cc];W[dc])", ""])
+        illegal, message = _ask(post.url, ["C3 C3"])
+        other_size, size_message = _ask(post.url, ["(;FF[4]SZ[9];B[ee])"])
+    assert status == 200 and len(answer) == 3, answer
+    for row in answer[:2] + answer[2:]:
+        assert set(row) == {"move", "player", "value", "prior"} and -1 <= row["value"] <= 1
+    session = GoSession(net, cfg)
+    session._apply(session.action("C3"))
+    session._apply(session.action("D3"))
+    assert answer[0]["move"] == session.point_name(session.zero_choice(session.state)) == answer[1]["move"]
+    assert answer[0]["player"] == "Black" and answer[2]["player"] == "Black"
+    assert illegal == 400 and "move 2" in message and "C3" in message
+    assert other_size == 400 and "9x9" in size_message
+
+
+def test_the_wavenet_champion_answers_a_wav_clip(smoke_champions):
+    """`make serve TASK=speech-fsdd-generation` answers digits with seeded clips as base64 WAV: the clip the
+    generator makes in process with the same seed; a digit it does not know is a 400."""
+    import base64
+    import io
+
+    import soundfile
+
+    from dlzoo.demo.audio import generate
+
+    server, net, cfg = _served_champion(smoke_champions, "speech-fsdd-generation")
+    with server as post:
+        status, answer = _ask(post.url, [3], {"seed": 5, "seconds": 0.05})
+        bad, message = _ask(post.url, [12], {"seed": 5, "seconds": 0.05})
+    assert status == 200 and answer[0]["digit"] == 3 and answer[0]["sample_rate"] == 8000
+    samples, rate = soundfile.read(io.BytesIO(base64.b64decode(answer[0]["wav_base64"])), dtype="float32")
+    expected, _ = generate(net, cfg, 3, 5, 0.05)
+    assert len(samples) == len(expected) == 400 and np.abs(samples - expected).max() < 2 / 32767
+    assert bad == 400 and "12" in message
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +318,7 @@ def test_the_playground_in_a_browser(demo, tmp_path):
         found = _wait_text(page, "#vision-detections", r"\d+ boxes")
         times["detect"] = time.perf_counter() - t
         assert int(re.search(r"(\d+) boxes", found).group(1)) > 0
-        assert "No champion for instance-shapes" in found.replace("`", "")
+        assert "Mask R-CNN" in found and "U-Net" in found
         page.wait_for_selector("#vision-boxes img", timeout=30000)
         _shot(page, "detect")
         big = tmp_path / "huge.png"

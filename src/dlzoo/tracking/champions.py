@@ -206,6 +206,7 @@ def champions(cfg) -> dict:
     """The `champions` stage: choose, write metrics/champions.json, publish to the store."""
     from dlzoo.results import BASELINES, task_tables
     from dlzoo.tracking import resolve_tracking_uri
+    from dlzoo.tracking.probabilities import STRUCTURED
     from dlzoo.tracking.variants import publish_lineage
 
     metrics_dir = Path(cfg.champions.metrics_dir)
@@ -213,7 +214,9 @@ def champions(cfg) -> dict:
     for entry in tasks.values():  # baselines are not registered models
         entry["families"] = [f for f in entry["families"] if f not in BASELINES]
     answers: dict[str, tuple] = {}
-    for kind, key in (("probabilities", "classes"), ("actions", "actions"), ("forecasts", None), ("texts", "beam")):
+    kinds = (("probabilities", "classes"), ("actions", "actions"), ("forecasts", None), ("texts", "beam"),
+             *((kind, None) for kind in STRUCTURED))
+    for kind, key in kinds:
         listed = cfg.champions.get(kind)
         listed = OmegaConf.to_container(listed) if listed is not None else {}
         unknown = sorted(set(listed) - set(tasks))
@@ -222,6 +225,8 @@ def champions(cfg) -> dict:
         for task in listed:
             if kind == "forecasts":
                 config = lambda family, task=task: forecast_config(task, family)  # noqa: E731
+            elif kind in STRUCTURED:
+                config = {}
             elif kind == "texts":
                 config = {key: int(listed[task])}
             else:

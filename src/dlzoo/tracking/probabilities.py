@@ -11,7 +11,9 @@ the alias `champion`; the trained versions keep answering raw scores.
   Q-network's values (as the evaluate stage acts), with its name;
 - `forecasts` (time series): the next values for a window of raw values (`params: {"steps": k}` for k of them);
 - `texts` (translators): sentences in, translations out (`params: {"beam": k}`), from the TorchScript translator
-  the evaluate stage exported and logged for that trained version (dlzoo.serving.TranslatorModel).
+  the evaluate stage exported and logged for that trained version (dlzoo.serving.TranslatorModel);
+- `detections`, `instances`, `masks`, `moves`, `clips`: boxes, instance masks, a segmentation mask, a Go move, a
+  generated clip (dlzoo.tracking.structured), with the train run's config beside the network.
 
     mlflow models serve -m models:/digits@champion --env-manager local
     # {"inputs": [[[[...8x8 image...]]]]} -> {"predictions": [{"0": 0.001, ..., "9": 0.97}, ...]}
@@ -124,9 +126,24 @@ def _translator_model():
     return TranslatorModel()
 
 
-# answer kind -> the pyfunc model that gives it
+STRUCTURED = ("detections", "instances", "masks", "moves", "clips")
+
+
+def _structured(kind: str):
+    def make():
+        from dlzoo.tracking.structured import KINDS
+
+        return KINDS[kind]()
+
+    return make
+
+
+# answer kind -> the pyfunc model that gives it (the structured kinds: dlzoo.tracking.structured)
 ANSWERS = {"probabilities": ClassProbabilities, "actions": GreedyActions, "forecasts": NextValues,
-           "texts": _translator_model}
+           "texts": _translator_model, **{k: _structured(k) for k in STRUCTURED}}
+# what the structured kinds' code imports besides REQUIREMENTS (the playground's model side, dlzoo.demo)
+STRUCTURED_REQUIREMENTS = ("omegaconf", "pillow", "torchvision", "pycocotools", "open_spiel", "sgfmill", "soundfile",
+                           "scipy", "matplotlib", "lightning")
 
 
 def answer_signature(kind: str, trained_signature, config: dict):
@@ -136,6 +153,10 @@ def answer_signature(kind: str, trained_signature, config: dict):
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     inputs = trained_signature.inputs if trained_signature else None
+    if kind in STRUCTURED:
+        from dlzoo.tracking.structured import signature
+
+        return signature(kind)
     if kind == "texts":
         from dlzoo.serving import text_signature
 
@@ -202,12 +223,15 @@ def wrapper_of(task: str, family: str, trained, config: dict, tracking_uri: str,
 
         requirements = TEXT_REQUIREMENTS
     else:
-        requirements = REQUIREMENTS
+        requirements = REQUIREMENTS + (STRUCTURED_REQUIREMENTS if kind in STRUCTURED else ())
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "texts":
             artifacts = {"translator": exported_translator(client, trained, tmp)}
         else:
             artifacts = {"network": mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)}
+        if kind in STRUCTURED:  # the train run's resolved config: class names, board, search and sampling settings
+            artifacts["config"] = mlflow.artifacts.download_artifacts(
+                run_id=trained.run_id, artifact_path="config.yaml", dst_path=tmp, tracking_uri=client.tracking_uri)
         with mlflow.start_run(experiment_id=experiment_id, run_name=family, tags=package_tags(client, trained, source)):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=ANSWERS[kind](), artifacts=artifacts,
