@@ -28,9 +28,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# The longest modules, longest first: two workers take modules in this order, so a long one never starts last and
+# leaves the other worker idle (the rest follow in name order).
+LONGEST_FIRST = ("test_make_repro.py", "test_demo.py", "test_make_repro_targets.py", "test_cluster.py",
+                 "test_champions.py", "test_resume.py", "test_go.py", "test_go_lee.py", "test_tracking_server.py")
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The make-repro chain first: it is the critical path, so it must not wait behind other modules."""
-    items.sort(key=lambda item: item.path.name != "test_make_repro.py")
+    """The make-repro chain first (the critical path), then the other long modules; stable within a module."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,8 @@ Playwright in headless Chromium (the system's package: nothing is downloaded).
 Chromium comes from `apt-get install chromium` (.ci/run does it, then sets DLZOO_REQUIRE_CHROMIUM=1). Without it
 the test skips and says why, unless DLZOO_REQUIRE_CHROMIUM=1, where a missing browser is a failure.
 DLZOO_DEMO_SCREENSHOTS=<folder> keeps a screenshot of every tab there (docs/img for the docs' gallery).
+The structured answer kinds (boxes, masks, moves, clips), served over HTTP one server each, run with
+`make test-e2e` (marked e2e), the browser test and the text answer with `make test`.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def _served_champion(root: Path, task: str):
     return served(f"models:/{task}@champion", uri, root), champion.network(), champion.config
 
 
+@pytest.mark.e2e   # a server start each: with make test-e2e, to keep the default suite short
 @pytest.mark.parametrize("task", ["detection-shapes", "instance-shapes", "segmentation-shapes"])
 def test_the_vision_champions_answer_boxes_and_rle_masks(smoke_champions, task):
     """`make serve TASK=<task>` answers an image (H x W x 3, 0-255) with what the network finds in process: boxes,
@@ -160,6 +163,7 @@ def test_the_vision_champions_answer_boxes_and_rle_masks(smoke_champions, task):
             assert np.array_equal(decoded.astype(bool), d["mask"])
 
 
+@pytest.mark.e2e   # a server start each: with make test-e2e, to keep the default suite short
 def test_the_go_champion_answers_a_move_for_a_position(smoke_champions):
     """`make serve TASK=go-5x5` takes a move list or an SGF record and answers Zero's move (its own search, as in
     the evaluate stage); an illegal position or another board size is a 400 naming the move."""
@@ -182,6 +186,7 @@ def test_the_go_champion_answers_a_move_for_a_position(smoke_champions):
     assert other_size == 400 and "9x9" in size_message
 
 
+@pytest.mark.e2e   # a server start each: with make test-e2e, to keep the default suite short
 def test_the_wavenet_champion_answers_a_wav_clip(smoke_champions):
     """`make serve TASK=speech-fsdd-generation` answers digits with seeded clips as base64 WAV: the clip the
     generator makes in process with the same seed; a digit it does not know is a 400."""
