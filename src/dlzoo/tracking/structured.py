@@ -75,31 +75,28 @@ def _min_score(params) -> float:
 class Detections(_TaskModel):
     """Each image's boxes, class names and scores at or above `min_score`."""
 
-    def predict(self, context, model_input, params=None):
-        from dlzoo.demo.vision import detect
+    with_masks = False
 
+    def predict(self, context, model_input, params=None):
+        from dlzoo.demo.vision import detect, instances
+
+        find = instances if self.with_masks else detect
         score = _min_score(params)
         answers = []
         for i, row in enumerate(_rows(model_input)):
-            found = detect(self.net, self.cfg, _image(row, i), min_score=score)
-            answers.append({"boxes": [d["box"] for d in found], "labels": [d["label"] for d in found],
-                            "scores": [d["score"] for d in found]})
+            found = find(self.net, self.cfg, _image(row, i), min_score=score)
+            answer = {"boxes": [d["box"] for d in found], "labels": [d["label"] for d in found],
+                      "scores": [d["score"] for d in found]}
+            if self.with_masks:
+                answer["masks"] = [_rle(d["mask"]) for d in found]
+            answers.append(answer)
         return answers
 
 
-class Instances(_TaskModel):
+class Instances(Detections):
     """Detections with each instance's mask as COCO run-length encoding."""
 
-    def predict(self, context, model_input, params=None):
-        from dlzoo.demo.vision import instances
-
-        score = _min_score(params)
-        answers = []
-        for i, row in enumerate(_rows(model_input)):
-            found = instances(self.net, self.cfg, _image(row, i), min_score=score)
-            answers.append({"boxes": [d["box"] for d in found], "labels": [d["label"] for d in found],
-                            "scores": [d["score"] for d in found], "masks": [_rle(d["mask"]) for d in found]})
-        return answers
+    with_masks = True
 
 
 class Masks(_TaskModel):

@@ -1,4 +1,4 @@
-"""One lineage per family in the tracking store (issue 15), written by the `champions` stage after the evaluate and
+"""One lineage per family in the tracking store, written by the `champions` stage after the evaluate and
 compress stages:
 
 - every evaluate and compress run nests under the train run it measured (the tag `mlflow.parentRunId`, from the
