@@ -4,8 +4,8 @@ Playwright in headless Chromium (the system's package: nothing is downloaded).
 Chromium comes from `apt-get install chromium` (.ci/run does it, then sets DLZOO_REQUIRE_CHROMIUM=1). Without it
 the test skips and says why, unless DLZOO_REQUIRE_CHROMIUM=1, where a missing browser is a failure.
 DLZOO_DEMO_SCREENSHOTS=<folder> keeps a screenshot of every tab there (docs/img for the docs' gallery).
-The structured answer kinds (boxes, masks, moves, clips), served over HTTP one server each, run with
-`make test-e2e` (marked e2e), the browser test and the text answer with `make test`.
+The answer kinds (text, boxes, masks, moves, clips), served over HTTP one server each, run with `make test-e2e`
+(marked e2e); the browser test with `make test`.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from conftest import REPO, compose_config, prepare_data, user_env
 TINY = ["data.prepare.n_train=32", "data.prepare.n_val=8", "data.prepare.n_test=16"]
 # The tasks the tests serve and drive; the other tabs stay without a champion and must say what makes one.
 SMOKE = {
-    "translation-en-ja-transformer": ["data.prepare.limit_train=3000", "data.prepare.n_val=100"],
+    "translation-en-ja-transformer": ["data.prepare.limit_train=1000", "data.prepare.n_val=50"],
     "detection-shapes-ssd": TINY,
-    "instance-shapes-maskrcnn": TINY,
-    "segmentation-shapes-unet": TINY,
     "go-5x5-alphago-zero": [],
     "speech-fsdd-generation-wavenet": [],   # the classifier's evaluate stage cross-checks generated clips
     "speech-fsdd-classification-wavenet-classifier": [],
 }
+# Added to the same store for the served mask kinds (make test-e2e only).
+MASKS = {"instance-shapes-maskrcnn": TINY, "segmentation-shapes-unet": TINY}
 SENTENCE = "i can 't swim at all ."
 
 
@@ -49,9 +49,9 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def smoke_champions(tmp_path_factory):
-    """A project folder whose store holds smoke champions of the four tasks, made by the stages' own functions."""
+def _train_and_champion(root: Path, recipes: dict) -> None:
+    """Each recipe prepared, trained and evaluated at smoke size by the stages' own functions in `root`, then the
+    champions stage over all that is there."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -59,13 +59,11 @@ def smoke_champions(tmp_path_factory):
     from dlzoo.tracking.champions import champions
     from dlzoo.training.train import train
 
-    root = tmp_path_factory.mktemp("demo")
-    (root / "data").symlink_to(REPO / "data")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("DVC_STAGE", raising=False)
-        for recipe, overrides in SMOKE.items():
+        for recipe, overrides in recipes.items():
             cfg = compose_config(f"experiment={recipe}", "profile=smoke", *overrides)
             if cfg.get("data") is not None and cfg.data.get("prepare") is not None:
                 prepare_data(cfg)
@@ -75,9 +73,25 @@ def smoke_champions(tmp_path_factory):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             champions(compose(config_name="champions"))
         GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def smoke_champions(tmp_path_factory):
+    """A project folder whose store holds smoke champions of the tasks above."""
+    root = tmp_path_factory.mktemp("demo")
+    (root / "data").symlink_to(REPO / "data")
+    _train_and_champion(root, SMOKE)
     return root
 
 
+@pytest.fixture(scope="module")
+def mask_champions(smoke_champions):
+    """The same store with smoke Mask R-CNN and U-Net champions added."""
+    _train_and_champion(smoke_champions, MASKS)
+    return smoke_champions
+
+
+@pytest.mark.e2e   # a server start: with make test-e2e, to keep the default suite short
 def test_the_translator_champion_is_served_as_text(smoke_champions):
     """`make serve TASK=translation-en-ja` (the champions stage's text answer) from a shell with nothing activated:
     sentences in, `dlzoo.translate`'s translations out; a beam out of range is refused with 400."""
@@ -126,14 +140,14 @@ def _served_champion(root: Path, task: str):
 
 @pytest.mark.e2e   # a server start each: with make test-e2e, to keep the default suite short
 @pytest.mark.parametrize("task", ["detection-shapes", "instance-shapes", "segmentation-shapes"])
-def test_the_vision_champions_answer_boxes_and_rle_masks(smoke_champions, task):
+def test_the_vision_champions_answer_boxes_and_rle_masks(mask_champions, task):
     """`make serve TASK=<task>` answers an image (H x W x 3, 0-255) with what the network finds in process: boxes,
     class names and scores; instance masks and the segmentation as COCO RLE; a wrong shape is a 400."""
     from pycocotools import mask as coco_mask
 
     from dlzoo.demo import vision
 
-    server, net, cfg = _served_champion(smoke_champions, task)
+    server, net, cfg = _served_champion(mask_champions, task)
     image = vision.shapes_image(cfg, 11)
     with server as post:
         status, answer = _ask(post.url, [image.tolist()], None if task == "segmentation-shapes" else {"min_score": 0.0})
@@ -323,7 +337,8 @@ def test_the_playground_in_a_browser(demo, tmp_path):
         found = _wait_text(page, "#vision-detections", r"\d+ boxes")
         times["detect"] = time.perf_counter() - t
         assert int(re.search(r"(\d+) boxes", found).group(1)) > 0
-        assert "Mask R-CNN" in found and "U-Net" in found
+        for family, task in (("Mask R-CNN", "instance-shapes"), ("U-Net", "segmentation-shapes")):
+            assert family in found or f"No champion for {task}" in found.replace("`", "")
         page.wait_for_selector("#vision-boxes img", timeout=30000)
         _shot(page, "detect")
         big = tmp_path / "huge.png"
