@@ -82,3 +82,15 @@ def test_the_forecast_plot_scores_the_test_part(tmp_path, monkeypatch):
 
     image, stats = answers.forecast(Persistence(), cfg, steps=1)
     assert image.ndim == 3 and image.shape[2] == 3 and stats["points"] > 10 and stats["mae"] > 0
+
+
+def test_make_demo_without_a_store_says_so_and_exits_2(tmp_path):
+    """`make demo` from a shell with nothing activated, on a store that is not there: one line, no page."""
+    import subprocess
+
+    from conftest import REPO, user_env
+
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "demo", f"STORE={tmp_path / 'none.db'}"],
+                          env=user_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and not (tmp_path / "none.db").exists()
+    assert f"error: {tmp_path / 'none.db'}: no such store" in done.stderr and "Traceback" not in done.stderr
