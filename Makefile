@@ -41,7 +41,7 @@ help:
 	@echo "make repro PROFILE=full  the GPU recipes (TRAINER=gpu unless TRAINER=ddp|fsdp is given), with profiles/full/dvc.yaml"
 	@echo "make repro LAUNCHER=slurm on a login node: train stages on the resumable runner run as SLURM jobs (docs/cluster.md)"
 	@echo "make test               bootstrap, then run the default test suite (pytest: not slow, not e2e)"
-	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy (about 40 min)"
+	@echo "make test-e2e           the whole pipeline as typed: make repro PROFILE=smoke in a fresh copy, and the served answer kinds (about 45 min)"
 	@echo "make test-slow          every test, slow and e2e included"
 	@echo "make lock PYTHON=/usr/bin/python3.11  requirements.lock anew from pyproject.toml, with the oldest 3.11 to support"
 	@echo "make stages             regenerate dvc.yaml from conf/experiment/ (python -m dlzoo.stages)"
